@@ -1,0 +1,636 @@
+package wal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	tidwall "github.com/tidwall/wal"
+)
+
+// SyncPolicy says when Append returns relative to fsync.
+type SyncPolicy string
+
+const (
+	// SyncAlways: Append returns after the fsync of its batch, shared by all
+	// waiters of the batch. The default.
+	SyncAlways SyncPolicy = "always"
+	// SyncInterval: Append returns after the write; an fsync follows within
+	// Options.SyncInterval.
+	SyncInterval SyncPolicy = "interval"
+	// SyncNone: Append returns after the write; fsync happens only when a
+	// segment is full and on Close.
+	SyncNone SyncPolicy = "none"
+)
+
+// Defaults applied by Open to zero Options fields.
+const (
+	DefaultSegmentSize  = 4 << 20
+	DefaultSyncInterval = 10 * time.Millisecond
+	DefaultMaxBatch     = 4096
+)
+
+// Options configure a Log. The zero value is valid.
+type Options struct {
+	// SegmentSize is the target size of a segment file in bytes; 0 means
+	// DefaultSegmentSize. tidwall/wal holds the whole tail segment in memory
+	// (and up to two older ones as a read cache), hence a smaller default
+	// than tidwall's 20 MB.
+	SegmentSize int
+	// Sync is the sync policy; "" means SyncAlways.
+	Sync SyncPolicy
+	// SyncInterval bounds the time between a write and its fsync under
+	// SyncInterval; 0 means DefaultSyncInterval.
+	SyncInterval time.Duration
+	// MaxBatch is the most records one group commit takes (a single larger
+	// Append is never split); 0 means DefaultMaxBatch.
+	MaxBatch int
+	// Repair makes Open cut the log at corruption found in the middle of the
+	// log too, instead of returning a *CorruptionError. What is cut is kept in
+	// .broken files and logged. A torn or zero-filled tail is always repaired.
+	Repair bool
+	// FS is the filesystem seam; nil means OSFS{}.
+	FS FS
+	// Logger receives repair and failure reports; the zero value discards them.
+	Logger zerolog.Logger
+}
+
+func (o Options) withDefaults() (Options, error) {
+	if o.SegmentSize < 0 {
+		return o, fmt.Errorf("%w: segment size %d is negative", ErrInvalidOptions, o.SegmentSize)
+	}
+	if o.SegmentSize == 0 {
+		o.SegmentSize = DefaultSegmentSize
+	}
+	switch o.Sync {
+	case "":
+		o.Sync = SyncAlways
+	case SyncAlways, SyncInterval, SyncNone:
+	default:
+		return o, fmt.Errorf("%w: unknown sync policy %q (want always, interval or none)", ErrInvalidOptions, o.Sync)
+	}
+	if o.SyncInterval < 0 {
+		return o, fmt.Errorf("%w: sync interval %v is negative", ErrInvalidOptions, o.SyncInterval)
+	}
+	if o.SyncInterval == 0 {
+		o.SyncInterval = DefaultSyncInterval
+	}
+	if o.MaxBatch < 0 {
+		return o, fmt.Errorf("%w: max batch %d is negative", ErrInvalidOptions, o.MaxBatch)
+	}
+	if o.MaxBatch == 0 {
+		o.MaxBatch = DefaultMaxBatch
+	}
+	if o.FS == nil {
+		o.FS = OSFS{}
+	}
+	return o, nil
+}
+
+// Log is a crash-safe write-ahead log of non-empty records with consecutive
+// indexes. All methods are safe for concurrent use.
+type Log struct {
+	dir  string
+	opts Options
+	fs   FS
+	log  zerolog.Logger
+	tw   *tidwall.Log
+
+	reqs chan *appendReq // to the writer
+	ops  chan func()     // run on the writer between batches (TruncateFront)
+	quit chan struct{}   // closed by Close
+	done chan struct{}   // closed by the writer when it has stopped
+
+	closeMu  sync.RWMutex // held shared while sending to the writer, exclusively to close
+	closed   bool         // guarded by closeMu
+	isClosed atomic.Bool
+
+	failed  atomic.Pointer[error] // set once by the writer; wraps ErrFailed
+	durable atomic.Uint64         // durable watermark: readers see records ≤ durable
+	first   atomic.Uint64         // first index of the first segment
+
+	readMu sync.Mutex // serializes tidwall/wal reads: they mutate its segment cache (upstream #34)
+
+	segMu sync.Mutex
+	segs  []uint64 // first index of every segment, ascending; guarded by segMu
+
+	w writer // owned by the writer goroutine
+}
+
+// writer is the state of the writer goroutine.
+type writer struct {
+	written  uint64 // last index handed to tidwall/wal
+	tailSize int    // bytes in the tail segment, as tidwall/wal counts them
+	tailPath string // path of the tail segment
+	syncF    File   // the tail segment, opened to fsync it
+	dirty    bool   // written but not fsynced
+	batch    tidwall.Batch
+	pending  []*appendReq
+	rolls    []uint64
+	timer    *time.Timer
+	timerOn  bool
+	closeErr error
+}
+
+type appendReq struct {
+	frames      [][]byte
+	one         [1][]byte
+	first, last uint64
+	err         error
+	done        chan struct{}
+}
+
+// Open opens the log in dir, creating dir if missing. It verifies every
+// segment; a torn or zero-filled tail is cut to the last good record (a
+// .broken copy of the damaged segment is kept and the cut is logged).
+// Corruption in the middle of the log returns a *CorruptionError naming the
+// segment and index, unless opts.Repair cuts there too. Invalid options
+// return an error wrapping ErrInvalidOptions.
+func Open(dir string, opts Options) (*Log, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if dir == "" {
+		return nil, fmt.Errorf("%w: empty directory name", ErrInvalidOptions)
+	}
+	dir, err = filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("wal: %w", err)
+	}
+	l := &Log{
+		dir:  dir,
+		opts: opts,
+		fs:   opts.FS,
+		log:  opts.Logger.With().Str("component", "wal").Str("dir", dir).Logger(),
+		reqs: make(chan *appendReq, 1024),
+		ops:  make(chan func()),
+		quit: make(chan struct{}),
+		done: make(chan struct{}),
+	}
+	if err := l.fs.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("wal: create %s: %w", dir, err)
+	}
+	if err := l.fs.SyncDir(filepath.Dir(dir)); err != nil {
+		return nil, fmt.Errorf("wal: sync parent of %s: %w", dir, err)
+	}
+	rec, err := l.recover()
+	if err != nil {
+		return nil, err
+	}
+	l.tw, err = tidwall.Open(dir, &tidwall.Options{
+		NoSync:      true, // durability is ours: see writer.commit
+		SegmentSize: opts.SegmentSize,
+		NoCopy:      true, // Read copies the payload itself
+		AllowEmpty:  true, // segment-aligned TruncateFront may empty the log
+		DirPerms:    0o750,
+		FilePerms:   0o640,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
+	}
+	if err := l.start(rec); err != nil {
+		_ = l.tw.Close()
+		return nil, err
+	}
+	go l.run()
+	return l, nil
+}
+
+// start checks tidwall/wal agrees with recover and prepares the writer.
+func (l *Log) start(rec recovered) error {
+	if len(rec.segs) == 0 { // tidwall/wal created the first segment
+		rec.segs = []uint64{1}
+		rec.last = 0
+	}
+	first, err := l.tw.FirstIndex()
+	if err != nil {
+		return fmt.Errorf("wal: open: %w", err)
+	}
+	last, err := l.tw.LastIndex()
+	if err != nil {
+		return fmt.Errorf("wal: open: %w", err)
+	}
+	if first != rec.segs[0] || last != rec.last {
+		return fmt.Errorf("wal: open: tidwall/wal sees indexes %d..%d, verification saw %d..%d", first, last, rec.segs[0], rec.last)
+	}
+	if err := l.fs.SyncDir(l.dir); err != nil {
+		return fmt.Errorf("wal: sync dir: %w", err)
+	}
+	l.segs = rec.segs
+	l.first.Store(rec.segs[0])
+	l.durable.Store(rec.last)
+	l.w.written = rec.last
+	l.w.tailSize = rec.tailSize
+	l.w.tailPath = filepath.Join(l.dir, segmentName(rec.segs[len(rec.segs)-1]))
+	l.w.syncF, err = l.fs.OpenFile(l.w.tailPath, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("wal: open tail segment: %w", err)
+	}
+	return nil
+}
+
+// Append writes recs as consecutive records and returns the first and last
+// index given to them, once they are durable under the sync policy. Every
+// record must be non-empty (ErrEmptyRecord). Each record is copied before
+// Append returns or waits, so the caller may reuse its buffers at once.
+// Cancelling ctx stops the wait, not the write: the records may still be
+// stored. After a failed write or fsync every waiter of that batch, and every
+// later call, gets an error wrapping ErrFailed.
+func (l *Log) Append(ctx context.Context, recs ...[]byte) (first, last uint64, err error) {
+	if len(recs) == 0 {
+		return 0, 0, fmt.Errorf("%w: no records", ErrEmptyRecord)
+	}
+	size := 0
+	for i, r := range recs {
+		if len(r) == 0 {
+			return 0, 0, fmt.Errorf("%w: record %d of %d is empty", ErrEmptyRecord, i, len(recs))
+		}
+		size += frameHeaderSize + len(r)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, 0, err
+	}
+	req := &appendReq{done: make(chan struct{})}
+	buf := make([]byte, 0, size)
+	if len(recs) == 1 {
+		req.frames = req.one[:]
+	} else {
+		req.frames = make([][]byte, len(recs))
+	}
+	for i, r := range recs {
+		s := len(buf)
+		buf = appendFrame(buf, r)
+		req.frames[i] = buf[s:len(buf):len(buf)]
+	}
+
+	l.closeMu.RLock()
+	if l.closed {
+		l.closeMu.RUnlock()
+		return 0, 0, ErrClosed
+	}
+	if f := l.failed.Load(); f != nil {
+		l.closeMu.RUnlock()
+		return 0, 0, *f
+	}
+	select {
+	case l.reqs <- req:
+	case <-ctx.Done():
+		l.closeMu.RUnlock()
+		return 0, 0, ctx.Err()
+	}
+	l.closeMu.RUnlock()
+	select {
+	case <-req.done:
+		return req.first, req.last, req.err
+	case <-ctx.Done():
+		return 0, 0, ctx.Err()
+	}
+}
+
+// Read returns a copy of the record at index. It returns ErrNotFound outside
+// [FirstIndex, LastIndex], a *CorruptionError if the record fails its CRC,
+// and ErrClosed after Close.
+func (l *Log) Read(index uint64) ([]byte, error) {
+	if l.isClosed.Load() {
+		return nil, ErrClosed
+	}
+	if index == 0 || index < l.first.Load() || index > l.durable.Load() {
+		return nil, ErrNotFound
+	}
+	var out []byte
+	err := l.read(index, func(rec []byte) error {
+		out = make([]byte, len(rec))
+		copy(out, rec)
+		return nil
+	})
+	return out, err
+}
+
+// read reads and checks the record at index and calls fn with its payload,
+// valid only during fn.
+func (l *Log) read(index uint64, fn func(rec []byte) error) error {
+	l.readMu.Lock()
+	data, err := l.tw.Read(index)
+	l.readMu.Unlock()
+	switch {
+	case err == nil:
+	case errors.Is(err, tidwall.ErrNotFound):
+		return ErrNotFound
+	case errors.Is(err, tidwall.ErrClosed):
+		return ErrClosed
+	case errors.Is(err, tidwall.ErrCorrupt):
+		return &CorruptionError{Segment: l.segmentOf(index), Index: index, Offset: -1, Reason: "unreadable entry length"}
+	default:
+		return fmt.Errorf("wal: read %d: %w", index, err)
+	}
+	// With NoCopy, data points into tidwall/wal's segment buffer; those bytes
+	// are never rewritten (appends go past them, reloads use new buffers).
+	payload, err := decodeFrame(data)
+	if err != nil {
+		return &CorruptionError{Segment: l.segmentOf(index), Index: index, Offset: -1, Reason: err.Error()}
+	}
+	return fn(payload)
+}
+
+// Scan calls fn for every record in [from, LastIndex] in order (from below
+// FirstIndex starts at FirstIndex), with LastIndex taken when Scan starts.
+// rec is valid only during fn. Scan stops at and returns the first error of
+// fn or of a read (a *CorruptionError for a damaged record, ErrNotFound if a
+// concurrent TruncateFront removed a record not yet scanned).
+func (l *Log) Scan(from uint64, fn func(index uint64, rec []byte) error) error {
+	if l.isClosed.Load() {
+		return ErrClosed
+	}
+	if f := l.first.Load(); from < f {
+		from = f
+	}
+	last := l.durable.Load()
+	for i := from; i <= last; i++ {
+		idx := i
+		if err := l.read(idx, func(rec []byte) error { return fn(idx, rec) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// FirstIndex returns the first readable index, or 0 if there is none.
+func (l *Log) FirstIndex() uint64 {
+	f, d := l.first.Load(), l.durable.Load()
+	if f == 0 || f > d {
+		return 0
+	}
+	return f
+}
+
+// LastIndex returns the durable watermark: the last index that is durable
+// under the sync policy (0 if nothing was ever appended). It does not go
+// back when TruncateFront empties the log.
+func (l *Log) LastIndex() uint64 { return l.durable.Load() }
+
+// TruncateFront drops records below index, by whole segments only: it removes
+// the segments that lie entirely below index, so FirstIndex may stay below
+// index. It runs on the writer between batches; tidwall/wal rewrites the
+// first kept segment (up to SegmentSize bytes) under its lock, so call it
+// periodically, not per record. It returns ErrClosed after Close.
+func (l *Log) TruncateFront(index uint64) error {
+	errc := make(chan error, 1)
+	l.closeMu.RLock()
+	if l.closed {
+		l.closeMu.RUnlock()
+		return ErrClosed
+	}
+	l.ops <- func() { errc <- l.truncateFront(index) }
+	l.closeMu.RUnlock()
+	return <-errc
+}
+
+// Close stops the writer after it has written what was queued, fsyncs, and
+// closes the files. Later calls, and every other method, return ErrClosed.
+func (l *Log) Close() error {
+	l.closeMu.Lock()
+	if l.closed {
+		l.closeMu.Unlock()
+		return ErrClosed
+	}
+	l.closed = true
+	l.isClosed.Store(true)
+	l.closeMu.Unlock()
+	close(l.quit)
+	<-l.done
+	return l.w.closeErr
+}
+
+// segmentOf returns the name of the segment holding index.
+func (l *Log) segmentOf(index uint64) string {
+	l.segMu.Lock()
+	defer l.segMu.Unlock()
+	i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i] > index }) - 1
+	if i < 0 {
+		return "?"
+	}
+	return segmentName(l.segs[i])
+}
+
+// run is the writer goroutine: the only one that writes, fsyncs or truncates.
+func (l *Log) run() {
+	defer close(l.done)
+	l.w.timer = time.NewTimer(time.Hour)
+	l.w.timer.Stop()
+	for {
+		select {
+		case r := <-l.reqs:
+			l.commit(r)
+		case op := <-l.ops:
+			op()
+		case <-l.w.timer.C:
+			l.w.timerOn = false
+			if l.w.dirty && l.failed.Load() == nil {
+				if err := l.w.syncF.Sync(); err != nil {
+					l.fail(fmt.Errorf("fsync %s: %w", filepath.Base(l.w.tailPath), err))
+					l.log.Error().Err(err).Msg("interval fsync failed; log refuses appends until reopened")
+				}
+				l.w.dirty = false
+			}
+		case <-l.quit:
+			for {
+				select {
+				case r := <-l.reqs:
+					l.commit(r)
+					continue
+				default:
+				}
+				break
+			}
+			l.shutdown()
+			return
+		}
+	}
+}
+
+// commit is one group commit: it takes r and whatever else is queued (up to
+// MaxBatch records), writes them with one WriteBatch, fsyncs once, advances
+// the durable watermark and wakes every waiter.
+func (l *Log) commit(r *appendReq) {
+	w := &l.w
+	w.pending = append(w.pending[:0], r)
+	n := len(r.frames)
+collect:
+	for n < l.opts.MaxBatch {
+		select {
+		case r := <-l.reqs:
+			w.pending = append(w.pending, r)
+			n += len(r.frames)
+		default:
+			break collect
+		}
+	}
+	err := l.write()
+	for i, r := range w.pending {
+		r.err = err
+		close(r.done)
+		w.pending[i] = nil
+	}
+}
+
+func (l *Log) write() error {
+	if f := l.failed.Load(); f != nil {
+		return *f
+	}
+	w := &l.w
+	w.batch.Clear()
+	w.rolls = w.rolls[:0]
+	idx, size, tail := w.written, 0, w.tailSize
+	segSize := l.opts.SegmentSize
+	if tail > segSize { // tidwall/wal rolls before a batch when the tail is over size
+		w.rolls = append(w.rolls, idx+1)
+		tail = 0
+	}
+	for _, r := range w.pending {
+		r.first = idx + 1
+		for _, f := range r.frames {
+			idx++
+			w.batch.Write(idx, f)
+			es := entrySize(len(f))
+			size += es
+			// tidwall/wal rolls after an entry that fills the segment.
+			if tail += es; tail >= segSize {
+				w.rolls = append(w.rolls, idx+1)
+				tail = 0
+			}
+		}
+		r.last = idx
+	}
+	if err := l.fs.BeforeWrite(w.tailPath, size); err != nil {
+		return l.fail(fmt.Errorf("write %s: %w", filepath.Base(w.tailPath), err))
+	}
+	if err := l.tw.WriteBatch(&w.batch); err != nil {
+		return l.fail(fmt.Errorf("write %s: %w", filepath.Base(w.tailPath), err))
+	}
+	w.written = idx
+	w.tailSize = tail
+	w.dirty = true
+	if len(w.rolls) > 0 {
+		// tidwall/wal fsynced each full segment before creating the next one;
+		// make the new files durable in the directory and fsync the new tail.
+		if err := l.roll(w.rolls); err != nil {
+			return l.fail(err)
+		}
+	}
+	if l.opts.Sync != SyncAlways {
+		l.durable.Store(idx)
+		if l.opts.Sync == SyncInterval && !w.timerOn {
+			w.timer.Reset(l.opts.SyncInterval)
+			w.timerOn = true
+		}
+		return nil
+	}
+	if err := w.syncF.Sync(); err != nil {
+		return l.fail(fmt.Errorf("fsync %s: %w", filepath.Base(w.tailPath), err))
+	}
+	w.dirty = false
+	l.durable.Store(idx)
+	return nil
+}
+
+// roll records segments tidwall/wal created during a batch.
+func (l *Log) roll(starts []uint64) error {
+	w := &l.w
+	l.segMu.Lock()
+	l.segs = append(l.segs, starts...)
+	l.segMu.Unlock()
+	path := filepath.Join(l.dir, segmentName(starts[len(starts)-1]))
+	f, err := l.fs.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("open new tail segment: %w", err)
+	}
+	if err := w.syncF.Close(); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("close segment %s: %w", filepath.Base(w.tailPath), err)
+	}
+	w.syncF, w.tailPath = f, path
+	if err := l.fs.SyncDir(l.dir); err != nil {
+		return fmt.Errorf("sync dir: %w", err)
+	}
+	return nil
+}
+
+// fail makes the log refuse appends from now on and returns the error the
+// waiters get.
+func (l *Log) fail(cause error) error {
+	err := fmt.Errorf("%w: %w", ErrFailed, cause)
+	l.failed.CompareAndSwap(nil, &err)
+	return *l.failed.Load()
+}
+
+func (l *Log) truncateFront(index uint64) error {
+	if f := l.failed.Load(); f != nil {
+		return *f
+	}
+	if d := l.durable.Load(); index > d+1 {
+		index = d + 1 // never drop what is not durable
+	}
+	l.segMu.Lock()
+	k := sort.Search(len(l.segs), func(i int) bool { return l.segs[i] > index }) - 1
+	nsegs := len(l.segs)
+	var start uint64
+	if k > 0 {
+		start = l.segs[k]
+	}
+	l.segMu.Unlock()
+	if k <= 0 {
+		return nil // index is in the first segment: nothing is entirely below it
+	}
+	if err := l.tw.TruncateFront(start); err != nil {
+		// tidwall/wal may be half-way (it finishes on the next Open).
+		return l.fail(fmt.Errorf("truncate front to %d: %w", start, err))
+	}
+	l.segMu.Lock()
+	l.segs = append([]uint64(nil), l.segs[k:]...)
+	l.segMu.Unlock()
+	l.first.Store(start)
+	if k == nsegs-1 {
+		// tidwall/wal replaced the tail segment's file: fsync the new one.
+		f, err := l.fs.OpenFile(l.w.tailPath, os.O_RDWR, 0)
+		if err != nil {
+			return l.fail(fmt.Errorf("reopen tail segment: %w", err))
+		}
+		_ = l.w.syncF.Close()
+		l.w.syncF = f
+	}
+	if err := l.fs.SyncDir(l.dir); err != nil {
+		return l.fail(fmt.Errorf("sync dir: %w", err))
+	}
+	return nil
+}
+
+func (l *Log) shutdown() {
+	w := &l.w
+	w.timer.Stop()
+	var err error
+	if w.dirty && l.failed.Load() == nil {
+		if err = w.syncF.Sync(); err == nil {
+			l.durable.Store(w.written)
+		} else {
+			err = fmt.Errorf("wal: close: fsync %s: %w", filepath.Base(w.tailPath), err)
+		}
+	}
+	if cerr := w.syncF.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("wal: close: %w", cerr)
+	}
+	if serr := l.fs.SyncDir(l.dir); err == nil && serr != nil {
+		err = fmt.Errorf("wal: close: sync dir: %w", serr)
+	}
+	if cerr := l.tw.Close(); err == nil && cerr != nil && !errors.Is(cerr, tidwall.ErrCorrupt) {
+		err = fmt.Errorf("wal: close: %w", cerr)
+	}
+	w.closeErr = err
+}
