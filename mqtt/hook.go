@@ -1,0 +1,281 @@
+package mqtt
+
+import (
+	"strings"
+	"time"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// hook is Sluice's single mochi hook: authentication, ACL, keep-alive bounds, topic limits,
+// publish rate, slow-subscriber policy and metrics. One hook rather than several keeps mochi's
+// per-event hook dispatch short on the hot path.
+type hook struct {
+	mochi.HookBase
+	s *Server
+}
+
+func (h *hook) ID() string { return "sluice" }
+
+func (h *hook) Provides(b byte) bool {
+	switch b {
+	case mochi.OnConnect, mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnSessionEstablish,
+		mochi.OnSessionEstablished, mochi.OnPacketRead, mochi.OnPacketSent, mochi.OnPublishDropped,
+		mochi.OnQosDropped:
+		return true
+	}
+	return false
+}
+
+// connOf returns our per-connection state, nil for a session restored from storage and offline.
+func connOf(cl *mochi.Client) *conn {
+	c, _ := cl.Net.Conn.(*conn)
+	return c
+}
+
+// OnConnect bounds the keep-alive. MQTT 5 clients asking for 0 or more than KeepAliveMax (or less
+// than KeepAliveMin) are told the server's value in CONNACK. MQTT 3 clients cannot be told, so one
+// asking for 0 or more than KeepAliveMax is refused with "identifier rejected", as Mosquitto does.
+func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
+	lim := h.s.opts.Limits
+	ka := pk.Connect.Keepalive
+	if cl.Properties.ProtocolVersion >= 5 {
+		switch {
+		case ka == 0 || ka > lim.KeepAliveMax:
+			cl.State.Keepalive, cl.State.ServerKeepalive = lim.KeepAliveMax, true
+		case ka < lim.KeepAliveMin:
+			cl.State.Keepalive, cl.State.ServerKeepalive = lim.KeepAliveMin, true
+		}
+		return nil
+	}
+	if ka == 0 || ka > lim.KeepAliveMax {
+		h.s.metrics.authFailure("keepalive")
+		_ = h.s.mochi.SendConnack(cl, packets.ErrClientIdentifierNotValid, false, nil)
+		return packets.ErrClientIdentifierNotValid
+	}
+	return nil
+}
+
+// OnConnectAuthenticate authenticates with, in order: a password (bcrypt, against Users); a
+// verified client certificate's CommonName (listeners with CertIdentity); anonymity (listeners with
+// AllowAnonymous). A username without a password on an anonymous listener with no users
+// configured is treated as anonymous, and its username is not trusted for ACL matching.
+func (h *hook) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool {
+	st := h.s.auth.state.Load()
+	lc := h.s.listenerCfg(cl.Net.Listener)
+	c := connOf(cl)
+	user := string(pk.Connect.Username)
+	switch {
+	case pk.Connect.PasswordFlag:
+		if h.s.auth.checkPassword(st, user, pk.Connect.Password) {
+			return true
+		}
+		h.s.metrics.authFailure("bad_password")
+		return false
+	case c != nil && c.verified && lc.TLS.CertIdentity:
+		cl.Properties.Username = []byte(c.certCN)
+		return true
+	case lc.AllowAnonymous && (user == "" || len(st.users) == 0):
+		cl.Properties.Username = nil
+		return true
+	}
+	h.s.metrics.authFailure("anonymous_refused")
+	return false
+}
+
+// OnSessionEstablish marks the connection as past CONNECT (its deadline is mochi's keep-alive now).
+func (h *hook) OnSessionEstablish(cl *mochi.Client, _ packets.Packet) {
+	if c := connOf(cl); c != nil {
+		c.established.Store(true)
+	}
+}
+
+// OnSessionEstablished gives MQTT 3 clients, which have no Receive Maximum, an outbound window
+// of MaxInflight so mochi's flow control bounds their queue as it does for MQTT 5 clients.
+func (h *hook) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
+	if cl.Properties.ProtocolVersion < 5 {
+		cl.State.Inflight.ResetSendQuota(int32(h.s.opts.Limits.MaxInflight))
+	}
+}
+
+// OnACLCheck applies the ACL: write = publish; otherwise a SUBSCRIBE filter or the topic of a
+// message about to be delivered.
+func (h *hook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
+	st := h.s.auth.state.Load()
+	if len(st.rules) == 0 {
+		return true
+	}
+	var g *grants
+	if c := connOf(cl); c != nil {
+		g = c.grants.Load()
+		if g == nil || g.gen != st.gen {
+			g = h.s.auth.resolve(st, string(cl.Properties.Username), cl.ID)
+			c.grants.Store(g)
+		}
+	} else {
+		g = h.s.auth.resolve(st, string(cl.Properties.Username), cl.ID)
+	}
+	ok := g.allowed(topic, write)
+	if !ok && write {
+		h.s.metrics.drop(dropNotRouted)
+	}
+	return ok
+}
+
+// OnPacketRead enforces topic limits and the publish rate, and counts inbound messages.
+func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Publish {
+		return pk, nil
+	}
+	lim := &h.s.opts.Limits
+	if len(pk.TopicName) > lim.MaxTopicLength || strings.Count(pk.TopicName, "/")+1 > lim.MaxTopicLevels {
+		return pk, h.disconnect(cl, packets.ErrTopicNameInvalid)
+	}
+	c := connOf(cl)
+	if lim.PublishRate > 0 && c != nil {
+		now := time.Now()
+		if c.lastFill.IsZero() {
+			c.tokens, c.lastFill = float64(lim.PublishBurst), now
+		}
+		c.tokens = min(float64(lim.PublishBurst), c.tokens+now.Sub(c.lastFill).Seconds()*lim.PublishRate)
+		c.lastFill = now
+		if c.tokens < 1 {
+			// Over the rate: delay this client's reads until a token is due. TCP flow control
+			// then slows the publisher; nothing is lost and no one else waits.
+			wait := time.Duration((1 - c.tokens) / lim.PublishRate * float64(time.Second))
+			h.s.metrics.rateLimit()
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-h.s.stopping:
+				t.Stop()
+			}
+			c.tokens, c.lastFill = 1, time.Now()
+		}
+		c.tokens--
+	}
+	h.s.metrics.in(pk.FixedHeader.Qos, len(pk.Payload))
+	return pk, nil
+}
+
+// disconnect sends MQTT 5 clients a DISCONNECT with code and returns the code as the error that
+// ends the connection.
+func (h *hook) disconnect(cl *mochi.Client, code packets.Code) error {
+	if cl.Properties.ProtocolVersion >= 5 {
+		_ = h.s.mochi.DisconnectClient(cl, code)
+	}
+	return code
+}
+
+// OnPacketSent counts outbound messages and wakes publishers held by backpressure.
+func (h *hook) OnPacketSent(cl *mochi.Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type == packets.Publish {
+		h.s.metrics.out(pk.FixedHeader.Qos, len(pk.Payload))
+	}
+	if c := connOf(cl); c != nil {
+		c.notifySent()
+	}
+}
+
+// OnQosDropped counts in-flight messages mochi gave up on.
+func (h *hook) OnQosDropped(cl *mochi.Client, pk packets.Packet) {
+	h.s.metrics.drop(dropQoSExpired)
+}
+
+// OnPublishDropped runs on the publisher's goroutine when a subscriber's outbound queue is full
+// (mochi has already acked the publisher). Policy:
+//   - QoS 0 is dropped and counted.
+//   - QoS 1/2 is parked in the subscriber's session (in-flight store, persisted with the session)
+//     and sent when the subscriber acks earlier messages; dropped and counted only if the in-flight
+//     store is full (MaxInflight).
+//   - "backpressure" first holds the publisher until the subscriber's writer makes progress
+//     (bounded), which slows publishers to the pace of the slowest subscriber.
+//   - "disconnect" and "backpressure" disconnect a subscriber whose queue stays full for
+//     DisconnectAfter (MQTT 5: reason 0x97 quota exceeded); a persistent session keeps its parked
+//     messages.
+func (h *hook) OnPublishDropped(cl *mochi.Client, pk packets.Packet) {
+	s := h.s
+	c := connOf(cl)
+	policy := s.opts.Slow.Policy
+	if c != nil && policy == PolicyBackpressure {
+		c.waiters.Add(1)
+		ch := c.sentSignal()
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-ch:
+		case <-t.C:
+		case <-s.stopping:
+		}
+		t.Stop()
+		c.waiters.Add(-1)
+	}
+
+	qos := h.subscriptionQoS(cl, pk)
+	if qos == 0 {
+		s.metrics.drop(dropSlowQoS0)
+		s.logDrop(cl, pk, dropSlowQoS0)
+	} else if !h.park(cl, pk, qos) {
+		s.metrics.drop(dropInflightFull)
+		s.logDrop(cl, pk, dropInflightFull)
+	}
+
+	if c == nil || policy == PolicyDrop {
+		return
+	}
+	now := time.Now().UnixNano()
+	last := c.lastDrop.Swap(now)
+	gap := int64(s.opts.Slow.DisconnectAfter / 10)
+	if last == 0 || now-last > max(gap, int64(time.Second)) {
+		c.fullSince.Store(now) // a new episode of a full queue
+		return
+	}
+	if since := c.fullSince.Load(); since != 0 && now-since >= int64(s.opts.Slow.DisconnectAfter) {
+		c.fullSince.Store(0)
+		s.metrics.slowDisconnect()
+		go func() { _ = s.mochi.DisconnectClient(cl, packets.ErrQuotaExceeded) }()
+	}
+}
+
+// subscriptionQoS is the QoS the message would have been delivered to cl with.
+func (h *hook) subscriptionQoS(cl *mochi.Client, pk packets.Packet) byte {
+	if pk.FixedHeader.Qos == 0 {
+		return 0
+	}
+	var best byte
+	for filter, sub := range cl.State.Subscriptions.GetAll() {
+		if strings.HasPrefix(filter, "$share/") {
+			if parts := strings.SplitN(filter, "/", 3); len(parts) == 3 {
+				filter = parts[2]
+			}
+		}
+		if covers(strings.Split(filter, "/"), pk.TopicName) && sub.Qos > best {
+			best = sub.Qos
+		}
+	}
+	return min(best, pk.FixedHeader.Qos)
+}
+
+// park stores a QoS 1/2 message in cl's in-flight store, marked for sending when the client's
+// send quota allows (mochi's own mechanism for messages beyond the client's Receive Maximum).
+func (h *hook) park(cl *mochi.Client, pk packets.Packet, qos byte) bool {
+	if cl.State.Inflight.Len() >= int(h.s.opts.Limits.MaxInflight) {
+		return false
+	}
+	id, err := cl.NextPacketID()
+	if err != nil {
+		return false
+	}
+	out := pk.Copy(false)
+	out.FixedHeader.Qos = qos
+	out.FixedHeader.Retain = false
+	out.PacketID = uint16(id)
+	out.Expiry = -1
+	if !cl.State.Inflight.Set(out) {
+		return false
+	}
+	if h.s.storage != nil {
+		h.s.storage.OnQosPublish(cl, out, out.Created, 0)
+	}
+	return true
+}

@@ -1,0 +1,99 @@
+package mqtt
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"go.etcd.io/bbolt"
+)
+
+// storageHook is mochi's bolt storage hook with writes limited to what a restart needs:
+//   - in-flight messages and subscriptions only of persistent sessions (MQTT 5 session expiry > 0,
+//     MQTT 3 clean session off); stock mochi writes (and deletes) every QoS 1/2 message of every
+//     client, two bolt transactions per message even for clean sessions;
+//   - never the broker's own PUBACK for an inbound QoS 1 message (it lives for microseconds).
+//
+// Durability: with sync off (the default), bolt skips fsync at commit, so a commit is in the
+// OS page cache when the hook returns — it survives kill -9 of the broker, not a power loss.
+// With sync on, every commit is fsynced. Shutdown fsyncs the file in both cases.
+type storageHook struct {
+	*bolt.Hook
+	path  string
+	fsync bool
+}
+
+func openStorage(dir string, sync bool) (*storageHook, error) {
+	if err := ensureDir(dir); err != nil {
+		return nil, err
+	}
+	return &storageHook{Hook: new(bolt.Hook), path: storageFile(dir), fsync: sync}, nil
+}
+
+func (h *storageHook) config() *bolt.Options {
+	return &bolt.Options{
+		Path:   h.path,
+		Bucket: "sluice",
+		Options: &bbolt.Options{
+			Timeout: 2 * time.Second, // another process holding the file
+			NoSync:  !h.fsync,
+		},
+	}
+}
+
+func persistent(cl *mochi.Client) bool {
+	if cl.Properties.ProtocolVersion >= 5 {
+		return cl.Properties.Props.SessionExpiryInterval > 0
+	}
+	return !cl.Properties.Clean
+}
+
+// serverAck reports whether pk is the PUBACK mochi builds for an inbound QoS 1 PUBLISH (built
+// with a creation time; a client's PUBACK decoded off the wire has none).
+func serverAck(pk packets.Packet) bool {
+	return pk.FixedHeader.Type == packets.Puback && pk.Created != 0
+}
+
+func (h *storageHook) OnQosPublish(cl *mochi.Client, pk packets.Packet, sent int64, resends int) {
+	if !persistent(cl) || serverAck(pk) {
+		return
+	}
+	h.Hook.OnQosPublish(cl, pk, sent, resends)
+}
+
+func (h *storageHook) OnQosComplete(cl *mochi.Client, pk packets.Packet) {
+	if !persistent(cl) || serverAck(pk) {
+		return
+	}
+	h.Hook.OnQosComplete(cl, pk)
+}
+
+func (h *storageHook) OnQosDropped(cl *mochi.Client, pk packets.Packet) {
+	if !persistent(cl) {
+		return
+	}
+	h.Hook.OnQosDropped(cl, pk)
+}
+
+func (h *storageHook) OnSubscribed(cl *mochi.Client, pk packets.Packet, reasonCodes []byte) {
+	if !persistent(cl) {
+		return
+	}
+	h.Hook.OnSubscribed(cl, pk, reasonCodes)
+}
+
+// sync fsyncs the database file after the hook closed it.
+func (h *storageHook) syncFile() error {
+	f, err := os.OpenFile(h.path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("mqtt: sync storage: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("mqtt: sync storage: %w", err)
+	}
+	return nil
+}
