@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -12,7 +13,13 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(childBrokerEnv) == "1" {
+		runChildBroker()
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(tb testing.TB, what string, d time.Duration, cond func() bool) {
