@@ -1,0 +1,145 @@
+package wal_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicemq/sluice/wal"
+)
+
+const (
+	crashChildEnv  = "SLUICE_WAL_CRASH_CHILD_DIR" // set: this process is the writer of TestCrashKill
+	crashRoundsEnv = "SLUICE_WAL_CRASH_ROUNDS"    // rounds of TestCrashKill; default 10
+	crashSegSize   = 64 << 10                     // small segments: the writer rolls often
+)
+
+// crashChild appends with SyncAlways from several goroutines and prints
+// "ack <index> <record>" for every record it is told is durable, until it is
+// killed (or, as a bound if the parent is gone, for 60 s).
+func crashChild() int {
+	dir := os.Getenv(crashChildEnv)
+	l, err := wal.Open(dir, wal.Options{SegmentSize: crashSegSize, Sync: wal.SyncAlways})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "crash child: open:", err)
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var outMu sync.Mutex
+	out := bufio.NewWriter(os.Stdout)
+	var wg sync.WaitGroup
+	pid := os.Getpid()
+	for g := range 8 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(pid), uint64(g)))
+			for i := 0; ctx.Err() == nil; i++ {
+				recs := make([][]byte, 1+rng.IntN(4))
+				for k := range recs {
+					recs[k] = fmt.Appendf(nil, "p%d-g%d-%d-%d-%s", pid, g, i, k, strings.Repeat("x", rng.IntN(600)))
+				}
+				first, _, err := l.Append(ctx, recs...)
+				if err != nil {
+					return
+				}
+				outMu.Lock()
+				for k, r := range recs {
+					fmt.Fprintf(out, "ack %d %s\n", first+uint64(k), r)
+				}
+				out.Flush() // only after the ack: the parent may count on every line it sees
+				outMu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	_ = l.Close()
+	return 0
+}
+
+// TestCrashKill runs a writer child process, SIGKILLs it at a random moment
+// (sometimes before it has acked anything, even while it is opening and
+// repairing), reopens the log and checks that every record the child printed
+// as durable is there, intact, at its index. Several rounds share one log.
+func TestCrashKill(t *testing.T) {
+	rounds := 10
+	if s := os.Getenv(crashRoundsEnv); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("%s=%q: want a positive integer", crashRoundsEnv, s)
+		}
+		rounds = n
+	}
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	acked := map[uint64]string{}
+	for round := range rounds {
+		killAfter := rng.IntN(1000) // acks to wait for; 0 kills at once
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashKill$", "-test.count=1")
+		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir)
+		cmd.Stderr = os.Stderr
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		seen, killed := 0, false
+		kill := func() {
+			if !killed {
+				killed = true
+				if err := cmd.Process.Kill(); err != nil {
+					t.Errorf("round %d: kill: %v", round, err)
+				}
+			}
+		}
+		if killAfter == 0 {
+			kill()
+		}
+		timeout := time.AfterFunc(30*time.Second, func() { _ = cmd.Process.Kill() })
+		for sc.Scan() {
+			line := sc.Text()
+			var idx uint64
+			var rec string
+			if _, err := fmt.Sscanf(line, "ack %d %s", &idx, &rec); err != nil {
+				continue // not one of ours (e.g. test framework output)
+			}
+			if old, ok := acked[idx]; ok && old != rec {
+				// an index acked before a crash was given out again
+				t.Fatalf("round %d: index %d acked twice: %q and %q", round, idx, old, rec)
+			}
+			acked[idx] = rec
+			if seen++; seen >= killAfter {
+				kill()
+			}
+		}
+		timeout.Stop()
+		kill()
+		_ = cmd.Wait()
+
+		l, err := wal.Open(dir, wal.Options{SegmentSize: crashSegSize})
+		if err != nil {
+			t.Fatalf("round %d: reopen after kill: %v", round, err)
+		}
+		for idx, rec := range acked {
+			got, err := l.Read(idx)
+			if err != nil || string(got) != rec {
+				l.Close()
+				t.Fatalf("round %d: acked record %d: got %.40q, %v; want %.40q", round, idx, got, err, rec)
+			}
+		}
+		t.Logf("round %d: killed after %d acks (target %d); %d acked records intact, LastIndex %d",
+			round, seen, killAfter, len(acked), l.LastIndex())
+		closeLog(t, l)
+	}
+}
