@@ -60,6 +60,7 @@ type v5opts struct {
 	willProps      *paho.WillProperties
 	topicAliasMax  uint16
 	conn           net.Conn
+	noProblemInfo  bool // send Request Problem Information 0 (paho's default)
 }
 
 func dialV5(t testing.TB, addr string, o v5opts) (*v5, *paho.Connack, error) {
@@ -102,10 +103,10 @@ func dialV5(t testing.TB, addr string, o v5opts) (*v5, *paho.Connack, error) {
 		ka = 30
 	}
 	cp := &paho.Connect{
-		ClientID:   o.id,
-		KeepAlive:  ka,
-		CleanStart: o.clean || o.expiry == 0,
-		Properties: &paho.ConnectProperties{ReceiveMaximum: &recv, TopicAliasMaximum: &o.topicAliasMax},
+		ClientID:    o.id,
+		KeepAlive:   ka,
+		CleanStart:  o.clean || o.expiry == 0,
+		Properties:  &paho.ConnectProperties{ReceiveMaximum: &recv, TopicAliasMaximum: &o.topicAliasMax, RequestProblemInfo: !o.noProblemInfo},
 		WillMessage: o.will, WillProperties: o.willProps,
 	}
 	if o.expiry > 0 {
@@ -256,4 +257,8 @@ func counterValue(t testing.TB, reg *prometheus.Registry, name string, want map[
 		}
 	}
 	return sum
+}
+
+func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
 }

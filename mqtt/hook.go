@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"fmt"
 	"strings"
 	"time"
 
@@ -22,7 +23,7 @@ func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mochi.OnConnect, mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnSessionEstablish,
 		mochi.OnSessionEstablished, mochi.OnPacketRead, mochi.OnPacketSent, mochi.OnPublishDropped,
-		mochi.OnQosDropped:
+		mochi.OnQosDropped, mochi.OnPacketEncode:
 		return true
 	}
 	return false
@@ -130,7 +131,9 @@ func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet
 	}
 	lim := &h.s.opts.Limits
 	if len(pk.TopicName) > lim.MaxTopicLength || strings.Count(pk.TopicName, "/")+1 > lim.MaxTopicLevels {
-		return pk, h.disconnect(cl, packets.ErrTopicNameInvalid)
+		// Only ErrRejectPacket makes mochi drop the packet (other hook errors are ignored); the
+		// read loop then ends and the connection is closed.
+		return pk, fmt.Errorf("%w: %w", packets.ErrRejectPacket, h.disconnect(cl, packets.ErrTopicNameInvalid))
 	}
 	c := connOf(cl)
 	if lim.PublishRate > 0 && c != nil {
@@ -176,6 +179,27 @@ func (h *hook) OnPacketSent(cl *mochi.Client, pk packets.Packet, _ []byte) {
 	if c := connOf(cl); c != nil {
 		c.notifySent()
 	}
+}
+
+// OnPacketEncode
+//   - tells MQTT 5 clients in CONNACK the limits mochi enforces but does not announce: Maximum
+//     Packet Size and Topic Alias Maximum;
+//   - keeps user properties on PUBLISH, CONNACK and DISCONNECT for clients that set Request Problem
+//     Information to 0 (paho.golang's default): mochi strips them from every packet, but
+//     [MQTT-3.1.2-29] only forbids them on the other packets, and a PUBLISH's user properties are
+//     the application's data.
+func (h *hook) OnPacketEncode(cl *mochi.Client, pk packets.Packet) packets.Packet {
+	switch pk.FixedHeader.Type {
+	case packets.Publish, packets.Disconnect:
+		pk.Mods.DisallowProblemInfo = false
+	case packets.Connack:
+		pk.Mods.DisallowProblemInfo = false
+		if pk.ReasonCode < 0x80 {
+			pk.Properties.MaximumPacketSize = h.s.opts.Limits.MaxPacketSize
+			pk.Properties.TopicAliasMaximum = h.s.mochi.Options.Capabilities.TopicAliasMaximum
+		}
+	}
+	return pk
 }
 
 // OnQosDropped counts in-flight messages mochi gave up on.
