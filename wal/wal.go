@@ -116,6 +116,8 @@ type Log struct {
 	durable atomic.Uint64         // durable watermark: readers see records ≤ durable
 	first   atomic.Uint64         // first index of the first segment
 
+	batches, records atomic.Uint64 // group commits done, records in them
+
 	readMu sync.Mutex // serializes tidwall/wal reads: they mutate its segment cache (upstream #34)
 
 	segMu sync.Mutex
@@ -474,6 +476,8 @@ collect:
 		}
 	}
 	err := l.write()
+	l.batches.Add(1)
+	l.records.Add(uint64(n))
 	for i, r := range w.pending {
 		r.err = err
 		close(r.done)

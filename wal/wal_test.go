@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -793,4 +794,44 @@ func TestCloseWithPendingAppends(t *testing.T) {
 			t.Fatalf("acked record %d: %q, %v; want %q", i, got, err, rec)
 		}
 	}
+}
+
+// TestInterruptedTruncation: a crash inside tidwall/wal's TruncateFront
+// leaves a .START file (and maybe a .TEMP); Open finishes the truncation.
+func TestInterruptedTruncation(t *testing.T) {
+	dir := t.TempDir()
+	opts := wal.Options{SegmentSize: 2048}
+	l := openLog(t, dir, opts)
+	appendN(t, l, 1, 35, "a") // segments 1, 11, 21, 31
+	closeLog(t, l)
+	segs := waltest.Segments(t, dir)
+	data, err := os.ReadFile(segs[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// the state after tidwall wrote 21.START but before it removed 1, 11 and 21
+	if err := os.WriteFile(segs[2]+".START", data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(segs[3]+".START.TEMP", []byte("junk"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	l = openLog(t, dir, opts)
+	defer closeLog(t, l)
+	if l.FirstIndex() != 21 || l.LastIndex() != 35 {
+		t.Fatalf("indexes %d..%d, want 21..35", l.FirstIndex(), l.LastIndex())
+	}
+	checkRecords(t, l, 21, 35, "a")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if want := []string{"00000000000000000021", "00000000000000000031"}; !slices.Equal(names, want) {
+		t.Fatalf("directory holds %v, want %v", names, want)
+	}
+	appendN(t, l, 36, 40, "b")
 }

@@ -1,0 +1,295 @@
+package wal
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// gateFS blocks the first file fsync until release is closed and counts fsyncs.
+type gateFS struct {
+	OSFS
+	entered chan struct{} // closed when the first fsync starts
+	release chan struct{}
+	mu      sync.Mutex
+	syncs   int
+}
+
+func (g *gateFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
+	f, err := g.OSFS.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return &gateFile{File: f, g: g}, nil
+}
+
+type gateFile struct {
+	File
+	g *gateFS
+}
+
+func (f *gateFile) Sync() error {
+	f.g.mu.Lock()
+	f.g.syncs++
+	first := f.g.syncs == 1
+	f.g.mu.Unlock()
+	if first {
+		close(f.g.entered)
+		<-f.g.release
+	}
+	return f.File.Sync()
+}
+
+// TestGroupCommit holds the writer in the fsync of a first append while 50
+// more are queued: they must be committed together with one more fsync, and
+// nothing may be visible before its fsync.
+func TestGroupCommit(t *testing.T) {
+	g := &gateFS{entered: make(chan struct{}), release: make(chan struct{})}
+	l, err := Open(t.TempDir(), Options{FS: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 51)
+	wg.Go(func() {
+		_, _, err := l.Append(ctx, []byte("first"))
+		errs <- err
+	})
+	<-g.entered // the writer is inside the fsync of record 1
+	if l.LastIndex() != 0 {
+		t.Fatalf("LastIndex = %d before the fsync completed, want 0", l.LastIndex())
+	}
+	if _, err := l.Read(1); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("read 1 before its fsync: got %v, want ErrNotFound", err)
+	}
+	for i := range 50 {
+		wg.Go(func() {
+			_, _, err := l.Append(ctx, fmt.Appendf(nil, "rec-%d", i))
+			errs <- err
+		})
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(l.reqs) < 50 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d appends queued after 10s", len(l.reqs))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(g.release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.mu.Lock()
+	syncs := g.syncs
+	g.mu.Unlock()
+	if syncs != 2 {
+		t.Fatalf("%d fsyncs for 51 appends (1, then 50 queued), want 2", syncs)
+	}
+	if l.LastIndex() != 51 {
+		t.Fatalf("LastIndex = %d, want 51", l.LastIndex())
+	}
+	if b, r := l.batches.Load(), l.records.Load(); b != 2 || r != 51 {
+		t.Fatalf("%d batches of %d records in all, want 2 batches of 51", b, r)
+	}
+}
+
+// TestRollTracking checks that the writer's idea of the segments (which it
+// needs to fsync the right file) matches what tidwall/wal creates, for
+// random record sizes, batches, reopens and truncations.
+func TestRollTracking(t *testing.T) {
+	for seed := range uint64(4) {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 99))
+			dir := t.TempDir()
+			opts := Options{SegmentSize: 500 + rng.IntN(3000)}
+			l, err := Open(dir, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for round := range 7 {
+				var wg sync.WaitGroup
+				for range 8 {
+					wg.Go(func() {
+						for range 20 {
+							recs := make([][]byte, 1+rand.IntN(5))
+							for k := range recs {
+								recs[k] = bytes.Repeat([]byte{'r'}, 1+rand.IntN(700))
+							}
+							if _, _, err := l.Append(context.Background(), recs...); err != nil {
+								t.Error(err)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+				checkSegs(t, l, dir)
+				switch round % 3 {
+				case 1:
+					if err := l.TruncateFront(l.LastIndex() - rng.Uint64N(l.LastIndex()/2+1)); err != nil {
+						t.Fatal(err)
+					}
+					checkSegs(t, l, dir)
+				case 2:
+					if err := l.Close(); err != nil {
+						t.Fatal(err)
+					}
+					if round == 2 {
+						opts.SegmentSize /= 2 // reopen with a smaller size: tidwall rolls before the next batch
+					}
+					if l, err = Open(dir, opts); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			checkSegs(t, l, dir)
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	t.Run("reopen with smaller segments", func(t *testing.T) {
+		dir := t.TempDir()
+		l, err := Open(dir, Options{SegmentSize: 4096})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 15 {
+			if _, _, err := l.Append(context.Background(), make([]byte, 200)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		l.Close()
+		// the tail now exceeds the segment size: tidwall/wal rolls before the next batch
+		if l, err = Open(dir, Options{SegmentSize: 1024}); err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		if _, _, err := l.Append(context.Background(), make([]byte, 200)); err != nil {
+			t.Fatal(err)
+		}
+		checkSegs(t, l, dir)
+		if len(l.segs) != 2 || l.segs[1] != 16 {
+			t.Fatalf("segments %v, want [1 16]", l.segs)
+		}
+	})
+}
+
+// checkSegs compares the writer's segment list and tail with the directory.
+func checkSegs(t *testing.T, l *Log, dir string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var onDisk []uint64
+	for _, e := range ents {
+		if idx, ok := parseSegmentName(e.Name()); ok && len(e.Name()) == segNameLen {
+			onDisk = append(onDisk, idx)
+		}
+	}
+	// ops run on the writer: read its state there
+	done := make(chan struct{})
+	var segs []uint64
+	var tail string
+	var tailSize int
+	l.ops <- func() {
+		l.segMu.Lock()
+		segs = slices.Clone(l.segs)
+		l.segMu.Unlock()
+		tail, tailSize = l.w.tailPath, l.w.tailSize
+		close(done)
+	}
+	<-done
+	if !slices.Equal(segs, onDisk) {
+		t.Fatalf("writer knows segments %v, directory has %v", segs, onDisk)
+	}
+	if want := filepath.Join(dir, segmentName(onDisk[len(onDisk)-1])); tail != want {
+		t.Fatalf("writer fsyncs %s, tail is %s", tail, want)
+	}
+	fi, err := os.Stat(tail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(tailSize) != fi.Size() {
+		t.Fatalf("writer counts %d bytes in the tail, file has %d", tailSize, fi.Size())
+	}
+}
+
+func TestFrameRoundTrip(t *testing.T) {
+	for _, p := range [][]byte{{0}, []byte("x"), bytes.Repeat([]byte{0xff}, 300), make([]byte, 4096)} {
+		f := appendFrame(nil, p)
+		got, err := decodeFrame(f)
+		if err != nil || !bytes.Equal(got, p) {
+			t.Fatalf("round trip of %d bytes: %v", len(p), err)
+		}
+		for i := range f {
+			bad := slices.Clone(f)
+			bad[i] ^= 0x10
+			if _, err := decodeFrame(bad); err == nil {
+				t.Fatalf("bit flip at byte %d of a %d-byte frame not detected", i, len(f))
+			}
+		}
+	}
+	if _, err := decodeFrame(appendFrame(nil, nil)); err == nil {
+		t.Fatal("an empty payload decoded")
+	}
+}
+
+// entry encodes payload the way it lies in a segment file.
+func entry(payload []byte) []byte {
+	f := appendFrame(nil, payload)
+	return append(binary.AppendUvarint(nil, uint64(len(f))), f...)
+}
+
+// FuzzDecode feeds arbitrary bytes to the frame decoder and the segment
+// scanner: they must not panic, must not read past the input, and whatever
+// they accept must re-encode to exactly the bytes accepted.
+func FuzzDecode(f *testing.F) {
+	good := append(entry([]byte("hello")), entry(bytes.Repeat([]byte("y"), 200))...)
+	f.Add(appendFrame(nil, []byte("a")))
+	f.Add(good)
+	f.Add(good[:len(good)-3])                              // torn
+	f.Add(append(slices.Clone(good), make([]byte, 64)...)) // zero tail
+	f.Add([]byte{})
+	f.Add(make([]byte, 16))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}) // huge length
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if p, err := decodeFrame(data); err == nil {
+			if len(p) == 0 {
+				t.Fatal("decoded an empty payload")
+			}
+			if !bytes.Equal(appendFrame(nil, p), data) {
+				t.Fatal("accepted frame does not re-encode to its input")
+			}
+		}
+		var again []byte
+		res := scanSegment(data, func(p []byte) { again = append(again, entry(p)...) })
+		if res.goodEnd < 0 || res.goodEnd > len(data) {
+			t.Fatalf("goodEnd %d outside 0..%d", res.goodEnd, len(data))
+		}
+		if !bytes.Equal(again, data[:res.goodEnd]) {
+			t.Fatal("accepted entries do not re-encode to the accepted prefix")
+		}
+		if (res.err == nil) != (res.goodEnd == len(data)) {
+			t.Fatalf("err %v with %d of %d bytes accepted", res.err, res.goodEnd, len(data))
+		}
+	})
+}
