@@ -1,0 +1,269 @@
+package bridge_test
+
+import (
+	"bufio"
+	"cmp"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"github.com/sluicemq/sluice/bridge"
+	"github.com/sluicemq/sluice/queue"
+)
+
+// rawConn is a minimal MQTT 5 publisher for benchmarks: paho's per-message overhead would
+// otherwise dominate on a 2-core machine shared with the broker. It keeps up to window QoS 1
+// publishes in flight and reports each publish → PUBACK latency.
+type rawConn struct {
+	conn net.Conn
+	bw   *bufio.Writer
+	br   *bufio.Reader
+	pkt  []byte // a PUBLISH with its packet id at idOff
+	off  int
+}
+
+func dialRaw(tb testing.TB, addr, id, topic string, payload []byte) *rawConn {
+	tb.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rc := &rawConn{conn: conn, bw: bufio.NewWriterSize(conn, 64<<10), br: bufio.NewReaderSize(conn, 64<<10)}
+	// CONNECT v5: clean start, keep-alive 60, no properties.
+	var vh []byte
+	vh = append(vh, 0, 4, 'M', 'Q', 'T', 'T', 5, 0x02, 0, 60, 0)
+	vh = binary.BigEndian.AppendUint16(vh, uint16(len(id)))
+	vh = append(vh, id...)
+	rc.writePacket(0x10, vh)
+	if err := rc.bw.Flush(); err != nil {
+		tb.Fatal(err)
+	}
+	typ, body, err := rc.readPacket()
+	if err != nil || typ != 2 || len(body) < 2 || body[1] != 0 {
+		tb.Fatalf("connect: type %d body %v err %v", typ, body, err)
+	}
+	// PUBLISH QoS 1: topic, packet id, empty properties, payload.
+	var pb []byte
+	pb = binary.BigEndian.AppendUint16(pb, uint16(len(topic)))
+	pb = append(pb, topic...)
+	idAt := len(pb)
+	pb = append(pb, 0, 0, 0)
+	pb = append(pb, payload...)
+	hdr := appendHeader(nil, 0x32, len(pb))
+	rc.pkt = append(hdr, pb...)
+	rc.off = len(hdr) + idAt
+	return rc
+}
+
+func appendHeader(b []byte, typ byte, n int) []byte {
+	b = append(b, typ)
+	for {
+		c := byte(n % 128)
+		n /= 128
+		if n > 0 {
+			c |= 0x80
+		}
+		b = append(b, c)
+		if n == 0 {
+			return b
+		}
+	}
+}
+
+func (rc *rawConn) writePacket(typ byte, body []byte) {
+	_, _ = rc.bw.Write(appendHeader(nil, typ, len(body)))
+	_, _ = rc.bw.Write(body)
+}
+
+func (rc *rawConn) readPacket() (typ byte, body []byte, err error) {
+	h, err := rc.br.ReadByte()
+	if err != nil {
+		return 0, nil, err
+	}
+	n, mult := 0, 1
+	for {
+		c, err := rc.br.ReadByte()
+		if err != nil {
+			return 0, nil, err
+		}
+		n += int(c&0x7f) * mult
+		if c&0x80 == 0 {
+			break
+		}
+		mult *= 128
+	}
+	body = make([]byte, n)
+	_, err = io.ReadFull(rc.br, body)
+	return h >> 4, body, err
+}
+
+// run publishes n messages keeping up to window in flight. With interval > 0 it publishes
+// open-loop, one message every interval, and latency is measured from the intended send time.
+// Latencies (µs) are recorded into hist when it is not nil.
+func (rc *rawConn) run(n, window int, interval time.Duration, hist *hdrhistogram.Histogram, mu *sync.Mutex) error {
+	sent := make([]time.Time, 65536)
+	slots := make(chan struct{}, window)
+	errc := make(chan error, 1)
+	go func() {
+		for got := 0; got < n; got++ {
+			typ, body, err := rc.readPacket()
+			if err != nil {
+				errc <- err
+				return
+			}
+			if typ != 4 || len(body) < 2 {
+				got--
+				continue
+			}
+			if len(body) > 2 && body[2] >= 0x80 {
+				errc <- fmt.Errorf("puback reason %#x", body[2])
+				return
+			}
+			id := binary.BigEndian.Uint16(body)
+			if hist != nil {
+				d := time.Since(sent[id])
+				mu.Lock()
+				_ = hist.RecordValue(d.Microseconds())
+				mu.Unlock()
+			}
+			<-slots
+		}
+		errc <- nil
+	}()
+	start := time.Now()
+	for i := range n {
+		slots <- struct{}{}
+		id := uint16(i%65535 + 1)
+		at := time.Now()
+		if interval > 0 {
+			at = start.Add(time.Duration(i) * interval)
+			if d := time.Until(at); d > 0 {
+				time.Sleep(d) // pacing the load, not synchronisation
+			}
+		}
+		sent[id] = at
+		binary.BigEndian.PutUint16(rc.pkt[rc.off:], id)
+		if _, err := rc.bw.Write(rc.pkt); err != nil {
+			return err
+		}
+		if len(slots) == cap(slots) || interval > 0 || i == n-1 {
+			if err := rc.bw.Flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return <-errc
+}
+
+func (rc *rawConn) close() {
+	rc.writePacket(0xe0, []byte{0, 0})
+	_ = rc.bw.Flush()
+	_ = rc.conn.Close()
+}
+
+// benchSync is the queue sync policy of the ingest benchmark: SLUICE_BENCH_SYNC or "always".
+var benchSync = cmp.Or(os.Getenv("SLUICE_BENCH_SYNC"), "always")
+
+// BenchmarkBridgeIngest measures durable QoS 1 ingest (sync "always", 256-byte payloads) with
+// the bridge on (the topic matches a rule) and off (same broker, a topic without rule). One
+// iteration is a round in which every connection publishes a fixed number of messages;
+// msgs/s is the figure to read. publishers=1/inflight=100 is a single busy gateway connection.
+func BenchmarkBridgeIngest(b *testing.B) {
+	for _, c := range []struct{ publishers, inflight, perRound int }{{100, 1, 50}, {100, 8, 200}, {1, 100, 5000}} {
+		for _, on := range []bool{true, false} {
+			name := fmt.Sprintf("qos=1/publishers=%d/inflight=%d/bridge=%s", c.publishers, c.inflight, map[bool]string{true: "on", false: "off"}[on])
+			b.Run(name, func(b *testing.B) {
+				r := newRig(b, rigOptions{rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}},
+					queues: map[string]queue.Config{"telemetry": {Sync: benchSync}}})
+				payload := make([]byte, 256)
+				conns := make([]*rawConn, c.publishers)
+				for i := range conns {
+					id := fmt.Sprintf("pub%03d", i)
+					topic := "devices/" + id + "/telemetry"
+					if !on {
+						topic = "plain/" + id + "/telemetry"
+					}
+					conns[i] = dialRaw(b, r.addr, id, topic, payload)
+				}
+				defer func() {
+					for _, rc := range conns {
+						rc.close()
+					}
+				}()
+				perIter := c.publishers * c.perRound
+				b.SetBytes(int64(len(payload) * perIter))
+				total := 0
+				errs := make([]error, len(conns))
+				for b.Loop() {
+					var wg sync.WaitGroup
+					for i, rc := range conns {
+						wg.Go(func() { errs[i] = rc.run(c.perRound, c.inflight, 0, nil, nil) })
+					}
+					wg.Wait()
+					for _, err := range errs {
+						if err != nil {
+							b.Fatal(err)
+						}
+					}
+					total += perIter
+				}
+				b.ReportMetric(float64(total)/b.Elapsed().Seconds(), "msgs/s")
+				if on {
+					if st, err := r.m.Stats("telemetry"); err != nil || st.Ready != int64(total) {
+						b.Fatalf("queue holds %d of %d (%v)", st.Ready, total, err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkPublishLatency reports publish → PUBACK latency percentiles of bridged QoS 1
+// messages at a steady open-loop rate spread over 50 connections (latency counted from the
+// intended send time, so a stall is not hidden). One iteration is 100 ms of load.
+func BenchmarkPublishLatency(b *testing.B) {
+	for _, rate := range []int{10000} {
+		b.Run(fmt.Sprintf("qos=1/rate=%d/publishers=50", rate), func(b *testing.B) {
+			r := newRig(b, rigOptions{rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}}})
+			const publishers = 50
+			payload := make([]byte, 256)
+			conns := make([]*rawConn, publishers)
+			for i := range conns {
+				id := fmt.Sprintf("lat%03d", i)
+				conns[i] = dialRaw(b, r.addr, id, "devices/"+id+"/telemetry", payload)
+			}
+			defer func() {
+				for _, rc := range conns {
+					rc.close()
+				}
+			}()
+			per := rate / publishers / 10 // 100 ms
+			interval := time.Duration(publishers) * time.Second / time.Duration(rate)
+			hist := hdrhistogram.New(1, 10_000_000, 3)
+			var mu sync.Mutex
+			errs := make([]error, publishers)
+			for b.Loop() {
+				var wg sync.WaitGroup
+				for i, rc := range conns {
+					wg.Go(func() { errs[i] = rc.run(per, 200, interval, hist, &mu) })
+				}
+				wg.Wait()
+				for _, err := range errs {
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.ReportMetric(float64(hist.ValueAtQuantile(50)), "p50-µs")
+			b.ReportMetric(float64(hist.ValueAtQuantile(99)), "p99-µs")
+			b.ReportMetric(float64(hist.ValueAtQuantile(99.9)), "p99.9-µs")
+		})
+	}
+}
