@@ -191,11 +191,31 @@ func (c *v5) none(t testing.TB, d time.Duration) {
 	}
 }
 
-func dialV3(t testing.TB, addr, id, user, pass string, clean bool) (pahov3.Client, error) {
-	t.Helper()
-	o := pahov3.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetCleanSession(clean).
+type (
+	pahov3Client  = pahov3.Client
+	pahov3Message = pahov3.Message
+)
+
+func v3opts(addr, id string) *pahov3.ClientOptions {
+	return pahov3.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetCleanSession(false).
 		SetAutoReconnect(false).SetConnectRetry(false).SetKeepAlive(30 * time.Second).
 		SetConnectTimeout(5 * time.Second).SetProtocolVersion(4)
+}
+
+func connectV3(t testing.TB, o *pahov3.ClientOptions) pahov3.Client {
+	t.Helper()
+	c := pahov3.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("v3 connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	return c
+}
+
+func dialV3(t testing.TB, addr, id, user, pass string, clean bool) (pahov3.Client, error) {
+	t.Helper()
+	o := v3opts(addr, id).SetCleanSession(clean)
 	if user != "" {
 		o.SetUsername(user).SetPassword(pass)
 	}

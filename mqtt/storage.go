@@ -3,9 +3,12 @@ package mqtt
 import (
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"go.etcd.io/bbolt"
@@ -85,7 +88,25 @@ func (h *storageHook) OnSubscribed(cl *mochi.Client, pk packets.Packet, reasonCo
 	h.Hook.OnSubscribed(cl, pk, reasonCodes)
 }
 
-// sync fsyncs the database file after the hook closed it.
+// StoredInflightMessages restores the packet id that mochi's bolt hook does not save (its
+// storage.Message has no PacketID set, so every restored in-flight message of a client would get id
+// 0 and all but one would be lost); the id is the last ':'-separated field of the storage key.
+func (h *storageHook) StoredInflightMessages() ([]storage.Message, error) {
+	msgs, err := h.Hook.StoredInflightMessages()
+	for i := range msgs {
+		if msgs[i].PacketID != 0 {
+			continue
+		}
+		if j := strings.LastIndexByte(msgs[i].ID, ':'); j >= 0 {
+			if id, perr := strconv.ParseUint(msgs[i].ID[j+1:], 10, 16); perr == nil {
+				msgs[i].PacketID = uint16(id)
+			}
+		}
+	}
+	return msgs, err
+}
+
+// syncFile fsyncs the database file after the hook closed it.
 func (h *storageHook) syncFile() error {
 	f, err := os.OpenFile(h.path, os.O_RDWR, 0)
 	if err != nil {
