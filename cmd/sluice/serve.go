@@ -36,6 +36,9 @@ SIGHUP reads --config again and applies mqtt.users and mqtt.acl without dropping
 Exit codes: 0 after a graceful shutdown, 2 for a bad flag or configuration or a failure to start
 (one sentence on stderr), 1 when shutdown did not complete.`
 
+// errAlreadyShutDown is returned by a second app.Shutdown.
+var errAlreadyShutDown = errors.New("serve: already shut down")
+
 // shutdownTimeout bounds a graceful shutdown after SIGINT or SIGTERM.
 const shutdownTimeout = 10 * time.Second
 
@@ -401,14 +404,14 @@ func sameSettings(a, b *configs.Config) bool {
 }
 
 // Shutdown stops in order: the broker (stop accepting, disconnect clients, flush storage), the bridge
-// and the queues, then the HTTP listener. It is bounded by ctx. A second call returns mqtt.ErrClosed.
+// and the queues, then the HTTP listener. It is bounded by ctx. A second call returns errAlreadyShutDown.
 func (a *app) Shutdown(ctx context.Context) error {
 	a.mu.Lock()
 	state := a.state
 	a.state = 2
 	a.mu.Unlock()
 	if state == 2 {
-		return mqtt.ErrClosed
+		return errAlreadyShutDown
 	}
 	var errs []error
 	if err := a.broker.Shutdown(ctx); err != nil && !errors.Is(err, mqtt.ErrClosed) {
