@@ -19,10 +19,16 @@ import (
 type Client struct {
 	BaseURL    string       // e.g. "http://127.0.0.1:8080"
 	APIKey     string       // sent as "Authorization: Bearer <APIKey>" when not empty
-	HTTPClient *http.Client // nil → a client without timeout (calls are bounded by their ctx)
+	HTTPClient *http.Client // nil → a shared client without timeout (calls are bounded by their ctx), 32 idle connections per host
 }
 
-var defaultHTTPClient = &http.Client{}
+// defaultHTTPClient keeps more idle connections per host than http.DefaultClient (2): a Consumer
+// runs receives, acks and extends at once, and reconnecting for each would cost a round trip or more.
+var defaultHTTPClient = func() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 32
+	return &http.Client{Transport: t}
+}()
 
 // Sentinels matched by errors.Is against an *Error (by its code) or a per-receipt error.
 var (

@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -319,5 +320,68 @@ func TestConsumerStopsOnUnknownQueue(t *testing.T) {
 	cons := &client.Consumer{Client: c, Queue: "nope", Handler: func(context.Context, client.Message) error { return nil }}
 	if err := cons.Run(ctxT(t)); !errors.Is(err, client.ErrNotFound) {
 		t.Fatalf("Run on an unknown queue: %v", err)
+	}
+}
+
+// BenchmarkHTTPConsume measures consuming with ack over HTTP on loopback (client and server in one
+// process, sync "always"): each op is one receive of a batch and one ack of it; msgs/s is the figure.
+func BenchmarkHTTPConsume(b *testing.B) {
+	for _, batch := range []int{100} {
+		for _, consumers := range []int{1, 4} {
+			b.Run(fmt.Sprintf("batch=%d/consumers=%d", batch, consumers), func(b *testing.B) {
+				c, m := server(b, map[string]queue.Config{"jobs": {}})
+				c.HTTPClient.Transport.(*http.Transport).MaxIdleConnsPerHost = 16 // the default 2 would reconnect
+				payload := make([]byte, 256)
+				stock := 0
+				refill := func(n int) {
+					msgs := make([]queue.Message, 1000)
+					for i := range msgs {
+						msgs[i].Payload = payload
+					}
+					for ; n > 0; n -= len(msgs) {
+						if _, err := m.Enqueue(context.Background(), "jobs", msgs); err != nil {
+							b.Fatal(err)
+						}
+						stock += len(msgs)
+					}
+				}
+				ctx := context.Background()
+				total := 0
+				var errMu sync.Mutex
+				var firstErr error
+				for b.Loop() {
+					if stock < batch*consumers {
+						b.StopTimer()
+						refill(200_000)
+						b.StartTimer()
+					}
+					var wg sync.WaitGroup
+					for range consumers {
+						wg.Go(func() {
+							msgs, err := c.Receive(ctx, "jobs", client.ReceiveOptions{Max: batch, Lease: time.Minute})
+							if err == nil {
+								rs := make([]string, len(msgs))
+								for i, m := range msgs {
+									rs[i] = m.Receipt
+								}
+								_, err = c.Ack(ctx, "jobs", rs)
+							}
+							if err != nil || len(msgs) != batch {
+								errMu.Lock()
+								firstErr = cmp.Or(firstErr, err, fmt.Errorf("received %d of %d", len(msgs), batch))
+								errMu.Unlock()
+							}
+						})
+					}
+					wg.Wait()
+					if firstErr != nil {
+						b.Fatal(firstErr)
+					}
+					stock -= batch * consumers
+					total += batch * consumers
+				}
+				b.ReportMetric(float64(total)/b.Elapsed().Seconds(), "msgs/s")
+			})
+		}
 	}
 }
