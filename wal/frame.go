@@ -114,11 +114,25 @@ func scanSegment(data []byte, fn func(payload []byte)) scanResult {
 	return r
 }
 
-// findEntry reports whether a valid entry starts at any offset of data.
+// findEntry reports whether a valid entry starts at any offset of data. Its
+// checksum work is bounded (a pathological input could otherwise cost
+// quadratic time): past the budget it answers true, the cautious answer,
+// which makes Open report corruption instead of silently cutting.
 func findEntry(data []byte) bool {
+	budget := 16*len(data) + 1<<20 // bytes to checksum
 	for off := 0; off+1+minFrameSize <= len(data); off++ {
-		// Cheap filter first: the frame's version byte follows a 1..10 byte length.
-		if _, _, err := nextEntry(data[off:]); err == nil {
+		size, vn := binary.Uvarint(data[off:])
+		if vn <= 0 || size < minFrameSize || size > uint64(len(data)-off-vn) {
+			continue
+		}
+		frame := data[off+vn : off+vn+int(size)]
+		if frame[0] != frameVersion {
+			continue
+		}
+		if budget -= len(frame); budget < 0 {
+			return true
+		}
+		if _, err := decodeFrame(frame); err == nil {
 			return true
 		}
 	}
