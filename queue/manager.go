@@ -260,6 +260,7 @@ func (m *Manager) Receive(ctx context.Context, q string, maxMsgs int, lease time
 	var got []leased
 	var ev []byte
 	var now int64
+	var dying bool
 	for {
 		if ctx.Err() != nil {
 			return nil, nil
@@ -282,18 +283,21 @@ func (m *Manager) Receive(ctx context.Context, q string, maxMsgs int, lease time
 				e := qu.src.idx.at(g.index)
 				ev = appendEvent(ev, event{kind: evLease, index: g.index, attempt: uint64(g.attempt), vis: e.vis})
 			}
+			dying = len(qu.dying) > 0
 			qu.mu.Unlock()
 			break
 		}
 		ch := qu.notify
 		qu.waiters++
-		dying := len(qu.dying) > 0
+		dying = len(qu.dying) > 0
 		qu.mu.Unlock()
 		if err := qu.writeEvents(qu.src, ev); err != nil {
 			return nil, err
 		}
 		if dying {
-			qu.kickLoop()
+			if err := qu.moveDying(); err != nil {
+				return nil, err
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -305,6 +309,11 @@ func (m *Manager) Receive(ctx context.Context, q string, maxMsgs int, lease time
 	}
 	if err := qu.writeEvents(qu.src, ev); err != nil {
 		return nil, err
+	}
+	if dying {
+		if err := qu.moveDying(); err != nil {
+			return nil, err
+		}
 	}
 	out := make([]Delivery, 0, len(got))
 	for _, g := range got {
@@ -457,7 +466,27 @@ func (m *Manager) Stats(q string) (Stats, error) {
 		return Stats{}, err
 	}
 	defer qu.exit()
+	if err := qu.catchUp(); err != nil {
+		return Stats{}, err
+	}
 	return qu.stats(qu.now()), nil
+}
+
+// catchUp applies due timers and writes what they produced: events, and dead letters.
+func (q *queue) catchUp() error {
+	now := q.now()
+	q.mu.Lock()
+	q.advance(now)
+	ev := q.takePend(nil)
+	dying := len(q.dying) > 0
+	q.mu.Unlock()
+	if err := q.writeEvents(q.src, ev); err != nil {
+		return err
+	}
+	if dying {
+		return q.moveDying()
+	}
+	return nil
 }
 
 func (q *queue) stats(now int64) Stats {
@@ -497,6 +526,9 @@ func (m *Manager) PeekDead(q string, maxMsgs int) ([]DeadLetter, error) {
 	defer qu.exit()
 	if maxMsgs <= 0 {
 		maxMsgs = 100
+	}
+	if err := qu.catchUp(); err != nil {
+		return nil, err
 	}
 	idx := qu.deadIndexes(0, min(maxMsgs, maxReceive))
 	out := make([]DeadLetter, 0, len(idx))

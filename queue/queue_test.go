@@ -23,6 +23,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(killWorkerEnv) != "" {
 		os.Exit(killWorker())
 	}
+	if os.Getenv(recoverChildEnv) != "" {
+		os.Exit(recoverChildMain())
+	}
 	goleak.VerifyTestMain(m)
 }
 
