@@ -133,7 +133,7 @@ func BenchmarkEnqueue(b *testing.B) {
 	}
 }
 
-const recoverEnv = "SLUICE_BENCH_RECOVER"     // set to run BenchmarkRecover (it writes GBs)
+const recoverEnv = "SLUICE_BENCH_RECOVER"      // set to run BenchmarkRecover (it writes GBs)
 const recoverChildEnv = "SLUICE_RECOVER_CHILD" // internal: the child that opens the backlog
 
 // BenchmarkRecover builds a backlog of 256-byte messages (1M, 5M, 10M) and measures, in a fresh
