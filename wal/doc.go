@@ -4,7 +4,7 @@
 //
 // # What it adds to tidwall/wal
 //
-//   - Every record is framed and checksummed (see On-disk format). Empty
+//   - Every record is framed and checksummed with its index (see On-disk format). Empty
 //     records cannot exist, so a zero-filled tail (which tidwall/wal alone
 //     reads as thousands of empty entries) is detected.
 //   - Open verifies every segment before tidwall/wal sees it. A torn or
@@ -46,7 +46,14 @@
 // sequence of entries; an entry is
 //
 //	uvarint(len(frame)) | frame
-//	frame = version (1 byte, 1) | crc32c(payload) (4 bytes, little endian) | payload (≥ 1 byte)
+//	frame = version (1 byte, 1)
+//	        crc32c(payload ‖ index) (4 bytes, little endian)
+//	        index (8 bytes, little endian)
+//	        payload (≥ 1 byte)
+//
+// The index in the frame makes a record misplaced by a damaged length fail
+// its read instead of being returned for another index, and lets Open tell
+// damage followed by good records (mid-log) from a damaged tail.
 //
 // Segments roll at about Options.SegmentSize bytes. The tail segment is held
 // in memory by tidwall/wal, so segments are small (4 MiB by default).

@@ -233,28 +233,44 @@ func checkSegs(t *testing.T, l *Log, dir string) {
 }
 
 func TestFrameRoundTrip(t *testing.T) {
-	for _, p := range [][]byte{{0}, []byte("x"), bytes.Repeat([]byte{0xff}, 300), make([]byte, 4096)} {
-		f := appendFrame(nil, p)
-		got, err := decodeFrame(f)
+	for i, p := range [][]byte{{0}, []byte("x"), bytes.Repeat([]byte{0xff}, 300), make([]byte, 4096)} {
+		index := uint64(1) << (i * 20)
+		f := appendFrame(nil, index, p)
+		got, err := decodeRecord(f, index)
 		if err != nil || !bytes.Equal(got, p) {
 			t.Fatalf("round trip of %d bytes: %v", len(p), err)
+		}
+		if _, err := decodeRecord(f, index+1); !errors.Is(err, errWrongIndex) {
+			t.Fatalf("frame of index %d read as %d: got %v, want errWrongIndex", index, index+1, err)
 		}
 		for i := range f {
 			bad := slices.Clone(f)
 			bad[i] ^= 0x10
-			if _, err := decodeFrame(bad); err == nil {
+			if _, err := decodeRecord(bad, index); err == nil {
 				t.Fatalf("bit flip at byte %d of a %d-byte frame not detected", i, len(f))
 			}
 		}
 	}
-	if _, err := decodeFrame(appendFrame(nil, nil)); err == nil {
+	if _, _, err := decodeFrame(appendFrame(nil, 1, nil)); err == nil {
 		t.Fatal("an empty payload decoded")
 	}
 }
 
-// entry encodes payload the way it lies in a segment file.
-func entry(payload []byte) []byte {
-	f := appendFrame(nil, payload)
+// TestFindEntryBounded: a pathological tail cannot make Open take quadratic time.
+func TestFindEntryBounded(t *testing.T) {
+	// every offset looks like a 16 KiB frame of version 1 with a large index
+	unit := append(binary.AppendUvarint(nil, 16<<10), frameVersion, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f)
+	data := bytes.Repeat(unit, (4<<20)/len(unit))
+	start := time.Now()
+	if !findEntry(data, 1) {
+		t.Fatal("findEntry gave up with false: it must answer the cautious true")
+	}
+	t.Logf("%d bytes searched in %v", len(data), time.Since(start))
+}
+
+// entry encodes record index the way it lies in a segment file.
+func entry(index uint64, payload []byte) []byte {
+	f := appendFrame(nil, index, payload)
 	return append(binary.AppendUvarint(nil, uint64(len(f))), f...)
 }
 
@@ -262,26 +278,34 @@ func entry(payload []byte) []byte {
 // scanner: they must not panic, must not read past the input, and whatever
 // they accept must re-encode to exactly the bytes accepted.
 func FuzzDecode(f *testing.F) {
-	good := append(entry([]byte("hello")), entry(bytes.Repeat([]byte("y"), 200))...)
-	f.Add(appendFrame(nil, []byte("a")))
+	good := append(entry(1, []byte("hello")), entry(2, bytes.Repeat([]byte("y"), 200))...)
+	f.Add(appendFrame(nil, 1, []byte("a")))
 	f.Add(good)
-	f.Add(good[:len(good)-3])                              // torn
-	f.Add(append(slices.Clone(good), make([]byte, 64)...)) // zero tail
+	f.Add(good[:len(good)-3])                                      // torn
+	f.Add(append(slices.Clone(good), make([]byte, 64)...))         // zero tail
+	f.Add(append(entry(1, []byte("a")), entry(3, []byte("c"))...)) // index gap
 	f.Add([]byte{})
 	f.Add(make([]byte, 16))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}) // huge length
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if p, err := decodeFrame(data); err == nil {
+		if idx, p, err := decodeFrame(data); err == nil {
 			if len(p) == 0 {
 				t.Fatal("decoded an empty payload")
 			}
-			if !bytes.Equal(appendFrame(nil, p), data) {
+			if !bytes.Equal(appendFrame(nil, idx, p), data) {
 				t.Fatal("accepted frame does not re-encode to its input")
 			}
 		}
 		var again []byte
-		res := scanSegment(data, func(p []byte) { again = append(again, entry(p)...) })
+		next := uint64(1)
+		res := scanSegment(data, 1, func(idx uint64, p []byte) {
+			if idx != next {
+				t.Fatalf("scan accepted index %d, want %d", idx, next)
+			}
+			next++
+			again = append(again, entry(idx, p)...)
+		})
 		if res.goodEnd < 0 || res.goodEnd > len(data) {
 			t.Fatalf("goodEnd %d outside 0..%d", res.goodEnd, len(data))
 		}

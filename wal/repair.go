@@ -68,7 +68,7 @@ func (l *Log) recover() (recovered, error) {
 		if err != nil {
 			return rec, fmt.Errorf("wal: read segment %s: %w", name, err)
 		}
-		res := scanSegment(data, nil)
+		res := scanSegment(data, start, nil)
 		rec.segs = append(rec.segs, start)
 		rec.last = start + res.count - 1
 		rec.tailSize = res.goodEnd

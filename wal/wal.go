@@ -269,7 +269,7 @@ func (l *Log) Append(ctx context.Context, recs ...[]byte) (first, last uint64, e
 	}
 	for i, r := range recs {
 		s := len(buf)
-		buf = appendFrame(buf, r)
+		buf = appendUnsealedFrame(buf, r)
 		req.frames[i] = buf[s:len(buf):len(buf)]
 	}
 
@@ -319,10 +319,11 @@ func (l *Log) Read(index uint64) ([]byte, error) {
 // read reads and checks the record at index and calls fn with its payload,
 // valid only during fn.
 func (l *Log) read(index uint64, fn func(rec []byte) error) error {
-	l.readMu.Lock()
-	data, err := l.tw.Read(index)
-	l.readMu.Unlock()
+	data, err := l.twRead(index)
+	var pe panicError
 	switch {
+	case errors.As(err, &pe):
+		return &CorruptionError{Segment: l.segmentOf(index), Index: index, Offset: -1, Reason: pe.Error()}
 	case err == nil:
 	case errors.Is(err, tidwall.ErrNotFound):
 		return ErrNotFound
@@ -335,11 +336,32 @@ func (l *Log) read(index uint64, fn func(rec []byte) error) error {
 	}
 	// With NoCopy, data points into tidwall/wal's segment buffer; those bytes
 	// are never rewritten (appends go past them, reloads use new buffers).
-	payload, err := decodeFrame(data)
+	payload, err := decodeRecord(data, index)
 	if err != nil {
 		return &CorruptionError{Segment: l.segmentOf(index), Index: index, Offset: -1, Reason: err.Error()}
 	}
 	return fn(payload)
+}
+
+// panicError is a panic of tidwall/wal turned into an error.
+type panicError struct{ v any }
+
+func (e panicError) Error() string {
+	return fmt.Sprintf("tidwall/wal panicked reading the segment: %v", e.v)
+}
+
+// twRead is tidwall/wal's Read, serialized, with a panic turned into an
+// error: a segment damaged after Open (say, a length whose bit flipped, so
+// entries merge) makes tidwall/wal index past the entries it found.
+func (l *Log) twRead(index uint64) (data []byte, err error) {
+	l.readMu.Lock()
+	defer l.readMu.Unlock()
+	defer func() {
+		if v := recover(); v != nil {
+			data, err = nil, panicError{v}
+		}
+	}()
+	return l.tw.Read(index)
 }
 
 // Scan calls fn for every record in [from, LastIndex] in order (from below
@@ -502,6 +524,7 @@ func (l *Log) write() error {
 		r.first = idx + 1
 		for _, f := range r.frames {
 			idx++
+			sealFrame(f, idx)
 			w.batch.Write(idx, f)
 			es := entrySize(len(f))
 			size += es

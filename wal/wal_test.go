@@ -3,6 +3,7 @@ package wal_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -28,11 +29,12 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// payloadSize makes every test entry 207 bytes on disk: a 2-byte length,
-// the 5-byte frame header and the payload.
+// payloadSize makes every test entry 215 bytes on disk: a 2-byte length,
+// the 13-byte frame header and the payload.
 const (
 	payloadSize = 200
-	entrySize   = 2 + 5 + payloadSize
+	headerSize  = 2 + 13
+	entrySize   = headerSize + payloadSize
 )
 
 // payload is the deterministic content of record i (of a given generation).
@@ -110,7 +112,7 @@ func (lb *logBuffer) String() string {
 func TestCorruption(t *testing.T) {
 	const seg1 = "00000000000000000001"
 	// offset of byte k of the payload of record i (1-based) in a single-segment log
-	payloadAt := func(i uint64, k int) int64 { return int64(i-1)*entrySize + 7 + int64(k) }
+	payloadAt := func(i uint64, k int) int64 { return int64(i-1)*entrySize + headerSize + int64(k) }
 	tests := []struct {
 		name       string
 		records    uint64
@@ -182,19 +184,19 @@ func TestCorruption(t *testing.T) {
 		{
 			name: "bit flip in version byte mid-log", records: 10,
 			damage: func(tb testing.TB, dir string) {
-				waltest.FlipBit(tb, filepath.Join(dir, seg1), payloadAt(3, -5), 7)
+				waltest.FlipBit(tb, filepath.Join(dir, seg1), payloadAt(3, -13), 7)
 			},
 			wantErrIdx: 3, wantSeg: seg1,
 		},
 		{
 			name: "bit flip in length mid-log", records: 10,
 			damage: func(tb testing.TB, dir string) {
-				waltest.FlipBit(tb, filepath.Join(dir, seg1), payloadAt(6, -7), 3)
+				waltest.FlipBit(tb, filepath.Join(dir, seg1), payloadAt(6, -15), 3)
 			},
 			wantErrIdx: 6, wantSeg: seg1,
 		},
 		{
-			// 2048-byte segments hold 10 entries of 207 bytes (the 10th fills it).
+			// 2048-byte segments hold 10 entries of 215 bytes (the 10th fills it).
 			name: "bit flip in an older segment", records: 35, segSize: 2048,
 			damage: func(tb testing.TB, dir string) {
 				waltest.FlipBit(tb, waltest.Segments(tb, dir)[1], 2*entrySize+20, 4)
@@ -674,7 +676,7 @@ func TestConcurrentAppendRead(t *testing.T) {
 
 func TestTruncateFront(t *testing.T) {
 	dir := t.TempDir()
-	opts := wal.Options{SegmentSize: 2048} // 10 records of 207 bytes per segment
+	opts := wal.Options{SegmentSize: 2048} // 10 records of 215 bytes per segment
 	l := openLog(t, dir, opts)
 	appendN(t, l, 1, 45, "a")
 	// segments start at 1, 11, 21, 31, 41
@@ -834,4 +836,52 @@ func TestInterruptedTruncation(t *testing.T) {
 		t.Fatalf("directory holds %v, want %v", names, want)
 	}
 	appendN(t, l, 36, 40, "b")
+}
+
+// TestReadDamagedAfterOpen: damage that appears in an older segment after
+// Open is reported by Read as a *CorruptionError, never a panic.
+func TestReadDamagedAfterOpen(t *testing.T) {
+	tests := []struct {
+		name   string
+		damage func(tb testing.TB, seg string)
+	}{
+		{"payload bit flip", func(tb testing.TB, seg string) { waltest.FlipBit(tb, seg, 4*entrySize+50, 1) }},
+		{"length bit flip", func(tb testing.TB, seg string) { waltest.FlipBit(tb, seg, 2*entrySize+1, 1) }},
+		// entry 3's length grows to swallow entry 4 exactly: tidwall/wal finds 9 entries
+		// where the segment's index range says 10, and indexes past its list
+		{"entries merged", func(tb testing.TB, seg string) {
+			waltest.WriteAt(tb, seg, 2*entrySize, binary.AppendUvarint(nil, 2*entrySize-2))
+		}},
+		{"truncated", func(tb testing.TB, seg string) { waltest.Truncate(tb, seg, 3*entrySize+10) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			opts := wal.Options{SegmentSize: 2048}
+			l := openLog(t, dir, opts)
+			defer closeLog(t, l)
+			appendN(t, l, 1, 35, "a")
+			tt.damage(t, waltest.Segments(t, dir)[0]) // not cached: tidwall/wal loads it on the first read
+			var sawCorrupt bool
+			for i := uint64(1); i <= 10; i++ {
+				got, err := l.Read(i)
+				var cerr *wal.CorruptionError
+				switch {
+				case errors.As(err, &cerr):
+					sawCorrupt = true
+					if cerr.Segment != "00000000000000000001" {
+						t.Fatalf("read %d: %v names the wrong segment", i, err)
+					}
+				case err != nil:
+					t.Fatalf("read %d: %v", i, err)
+				case !bytes.Equal(got, payload(i, "a")):
+					t.Fatalf("read %d returned wrong data %q", i, got)
+				}
+			}
+			if !sawCorrupt {
+				t.Fatal("no read reported the damage")
+			}
+			checkRecords(t, l, 11, 35, "a") // other segments unaffected
+		})
+	}
 }

@@ -179,3 +179,16 @@ func Size(tb testing.TB, path string) int64 {
 	}
 	return fi.Size()
 }
+
+// WriteAt overwrites the file at path with b at off.
+func WriteAt(tb testing.TB, path string, off int64, b []byte) {
+	tb.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		tb.Fatal(err)
+	}
+}
