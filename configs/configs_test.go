@@ -316,3 +316,24 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkParse(b *testing.B) {
+	for _, tt := range []struct {
+		name string
+		data []byte
+	}{{"embedded", Embedded()}, {"small", []byte("log: {level: debug}\nmqtt: {limits: {max_inflight: 10}}\n")}} {
+		b.Run("file="+tt.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(tt.data)))
+			for b.Loop() {
+				c, err := Parse("b.yaml", tt.data)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := c.Validate(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
