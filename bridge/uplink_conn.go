@@ -1,0 +1,174 @@
+package bridge
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/sluicemq/sluice/queue"
+)
+
+// outMsg is one message to publish upstream.
+type outMsg struct {
+	seq     uint64 // the drain loop's handle
+	topic   string
+	qos     byte
+	retain  bool
+	payload []byte
+	props   *queue.Properties // forwarded to MQTT 5 upstreams
+	expiry  *uint32           // remaining message expiry, seconds (MQTT 5)
+}
+
+// pubResult is the upstream's answer to one publish.
+type pubResult struct {
+	seq    uint64
+	code   byte   // MQTT 5 reason code of the PUBACK or PUBREC; ≥ 0x80 is a refusal
+	reason string // the upstream's reason string, if it gave one
+}
+
+// inMsg is a message the upstream sent us (downlink).
+type inMsg struct {
+	topic   string
+	qos     byte
+	retain  bool
+	payload []byte
+	props   queue.Properties
+	ack     func() // acknowledges it upstream (PUBACK / PUBREC); nil for QoS 0
+}
+
+// connParams is what a connection attempt needs.
+type connParams struct {
+	url       *url.URL
+	tls       *tls.Config
+	version   int // 4 (3.1.1) or 5
+	clientID  string
+	username  string
+	password  string
+	keepAlive time.Duration
+	timeout   time.Duration // dial + handshake + CONNACK, and each write
+	// results receives one pubResult per publish confirmed on this connection. Its capacity must cover
+	// the publishes that can be in flight, so the reader never blocks on it.
+	results chan<- pubResult
+	// downlink, when subscribe is non-empty: messages are passed to onMessage on the reader goroutine,
+	// which must not block for long (the upstream sends at most inflightIn unacknowledged ones).
+	subscribe  []string
+	subQoS     byte
+	inflightIn uint16
+	onMessage  func(inMsg)
+}
+
+// upstreamConn is one live connection to the upstream broker. publish and flush are called from the
+// drain loop only; the rest is safe from any goroutine.
+type upstreamConn interface {
+	// publish queues m for writing, in call order. An error means the connection is unusable.
+	publish(m *outMsg) error
+	// flush writes what publish queued.
+	flush() error
+	// lost is closed when the connection is gone; cause then says why.
+	lost() <-chan struct{}
+	cause() error
+	// window is how many publishes the upstream accepts in flight (its Receive Maximum).
+	window() int
+	// maxQoS is the highest QoS the upstream accepts.
+	maxQoS() byte
+	// close disconnects cleanly and waits for the connection's goroutines.
+	close()
+}
+
+// ConnectError is a failed connection attempt: a network or TLS failure, or a CONNACK refusal.
+type ConnectError struct {
+	URL    string
+	Code   byte   // CONNACK reason code (MQTT 5) or return code (3.1.1); 0 for network failures
+	Reason string // the broker's reason string or a description of Code
+	Err    error  // the network or TLS error, if any
+}
+
+func (e *ConnectError) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("bridge: connect to %s: %v", e.URL, e.Err)
+	}
+	return fmt.Sprintf("bridge: connect to %s: refused with code 0x%02x (%s)", e.URL, e.Code, e.Reason)
+}
+
+func (e *ConnectError) Unwrap() error { return e.Err }
+
+// errConnLost is the cause of a connection closed by us.
+var errConnClosed = errors.New("bridge: connection closed")
+
+// lostState is the shared part of a connection's end.
+type lostState struct {
+	once sync.Once
+	ch   chan struct{}
+	mu   sync.Mutex
+	err  error
+}
+
+func newLostState() lostState { return lostState{ch: make(chan struct{})} }
+
+func (l *lostState) fail(err error) {
+	l.once.Do(func() {
+		l.mu.Lock()
+		l.err = err
+		l.mu.Unlock()
+		close(l.ch)
+	})
+}
+
+func (l *lostState) lost() <-chan struct{} { return l.ch }
+
+func (l *lostState) cause() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// connect opens a connection with p.
+func connect(ctx context.Context, p connParams) (upstreamConn, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	if p.version == 4 {
+		return connectV3(ctx, p)
+	}
+	nc, err := dialUpstream(ctx, p.url, p.tls)
+	if err != nil {
+		return nil, &ConnectError{URL: redactURL(p.url), Err: err}
+	}
+	c, err := handshakeV5(ctx, nc, p)
+	if err != nil {
+		_ = nc.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// redactURL drops credentials from a URL for logs and errors.
+func redactURL(u *url.URL) string {
+	c := *u
+	c.User = nil
+	return c.String()
+}
+
+// writeBuffer is a bufio.Writer on a net.Conn that flushes with a deadline.
+type writeBuffer struct {
+	mu      sync.Mutex
+	conn    net.Conn
+	bw      *bufio.Writer
+	timeout time.Duration
+}
+
+func (w *writeBuffer) flushLocked() error {
+	if w.bw.Buffered() == 0 {
+		return nil
+	}
+	_ = w.conn.SetWriteDeadline(time.Now().Add(w.timeout))
+	return w.bw.Flush()
+}
+
+// isNetClosed reports whether err is the result of closing the connection ourselves.
+func isNetClosed(err error) bool { return errors.Is(err, net.ErrClosed) }
