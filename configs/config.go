@@ -32,6 +32,7 @@ type MQTT struct {
 	SlowSubscribers    SlowSubscribers `yaml:"slow_subscribers"`
 	EchoUserProperties bool            `yaml:"echo_user_properties"`
 	SysInterval        time.Duration   `yaml:"sys_interval"`
+	StorageSync        bool            `yaml:"storage_sync"` // fsync every session-storage write
 }
 
 // Listener is one socket the broker accepts clients on.

@@ -173,6 +173,7 @@ func mqttOptions(cfg *configs.Config, log zerolog.Logger, reg prometheus.Registe
 		StorageDir:         filepath.Join(cfg.DataDir, "mqtt"),
 		EchoUserProperties: m.EchoUserProperties,
 		SysInterval:        m.SysInterval,
+		StorageSync:        m.StorageSync,
 		Logger:             log,
 		Registerer:         reg,
 		Limits: mqtt.Limits{
