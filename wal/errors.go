@@ -17,6 +17,9 @@ var (
 	// later Append with it until it is reopened: nothing that is not durable is
 	// ever acknowledged.
 	ErrFailed = errors.New("wal: failed")
+	// ErrLocked is returned by Open when another open Log, in this process or
+	// another, holds the directory.
+	ErrLocked = errors.New("wal: directory is locked by another open log")
 	// ErrCorrupt is wrapped by every *CorruptionError.
 	ErrCorrupt = errors.New("wal: corrupt")
 	// ErrInvalidOptions is wrapped by Open for an invalid Options value.

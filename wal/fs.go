@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"io"
 	"io/fs"
 	"os"
 )
@@ -8,7 +9,7 @@ import (
 // FS is the filesystem seam: every file operation this package does itself
 // goes through it, so tests can fail, tear or corrupt them.
 //
-// What it covers: creating the directory, listing it, reading segment files
+// What it covers: creating and locking the directory, listing it, reading segment files
 // while verifying and repairing them on Open, the .broken copies, truncating
 // a torn segment, renaming and removing segment files, the fsync of the tail
 // segment that makes an append durable, and every directory fsync.
@@ -28,6 +29,9 @@ type FS interface {
 	Remove(name string) error
 	// SyncDir fsyncs a directory, making creations, renames and removals in it durable.
 	SyncDir(dir string) error
+	// Lock takes an exclusive lock on the file name (creating it), held
+	// until the returned Closer is closed; ErrLocked if another holder has it.
+	Lock(name string) (io.Closer, error)
 	// BeforeWrite is called with the tail segment's path and the batch's size
 	// in bytes before each write; an error fails the write.
 	BeforeWrite(segment string, n int) error

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -102,6 +103,7 @@ type Log struct {
 	fs   FS
 	log  zerolog.Logger
 	tw   *tidwall.Log
+	lock io.Closer // the directory's LOCK file
 
 	reqs chan *appendReq // to the writer
 	ops  chan func()     // run on the writer between batches (TruncateFront)
@@ -183,27 +185,46 @@ func Open(dir string, opts Options) (*Log, error) {
 	if err := l.fs.SyncDir(filepath.Dir(dir)); err != nil {
 		return nil, fmt.Errorf("wal: sync parent of %s: %w", dir, err)
 	}
-	rec, err := l.recover()
+	l.lock, err = l.fs.Lock(filepath.Join(dir, lockName))
 	if err != nil {
+		if errors.Is(err, ErrLocked) {
+			return nil, fmt.Errorf("%w: %s", ErrLocked, dir)
+		}
+		return nil, fmt.Errorf("wal: lock %s: %w", dir, err)
+	}
+	if err := l.openLocked(); err != nil {
+		_ = l.lock.Close()
 		return nil, err
 	}
-	l.tw, err = tidwall.Open(dir, &tidwall.Options{
+	go l.run()
+	return l, nil
+}
+
+// lockName is the lock file in a log's directory (tidwall/wal ignores files
+// whose names are not 20 digits long).
+const lockName = "LOCK"
+
+func (l *Log) openLocked() error {
+	rec, err := l.recover()
+	if err != nil {
+		return err
+	}
+	l.tw, err = tidwall.Open(l.dir, &tidwall.Options{
 		NoSync:      true, // durability is ours: see writer.commit
-		SegmentSize: opts.SegmentSize,
+		SegmentSize: l.opts.SegmentSize,
 		NoCopy:      true, // Read copies the payload itself
 		AllowEmpty:  true, // segment-aligned TruncateFront may empty the log
 		DirPerms:    0o750,
 		FilePerms:   0o640,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
+		return fmt.Errorf("wal: open %s: %w", l.dir, err)
 	}
 	if err := l.start(rec); err != nil {
 		_ = l.tw.Close()
-		return nil, err
+		return err
 	}
-	go l.run()
-	return l, nil
+	return nil
 }
 
 // start checks tidwall/wal agrees with recover and prepares the writer.
@@ -658,6 +679,9 @@ func (l *Log) shutdown() {
 	}
 	if cerr := l.tw.Close(); err == nil && cerr != nil && !errors.Is(cerr, tidwall.ErrCorrupt) {
 		err = fmt.Errorf("wal: close: %w", cerr)
+	}
+	if cerr := l.lock.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("wal: close: unlock: %w", cerr)
 	}
 	w.closeErr = err
 }

@@ -505,6 +505,22 @@ func TestAppendErrors(t *testing.T) {
 	}
 }
 
+func TestOpenLocked(t *testing.T) {
+	dir := t.TempDir()
+	l := openLog(t, dir, wal.Options{})
+	if l2, err := wal.Open(dir, wal.Options{}); !errors.Is(err, wal.ErrLocked) {
+		if err == nil {
+			l2.Close()
+		}
+		t.Fatalf("second open of %s: got %v, want ErrLocked", dir, err)
+	}
+	appendN(t, l, 1, 3, "a")
+	closeLog(t, l)
+	l = openLog(t, dir, wal.Options{})
+	defer closeLog(t, l)
+	checkRecords(t, l, 1, 3, "a")
+}
+
 func TestOpenOptions(t *testing.T) {
 	tests := []struct {
 		name string
@@ -832,7 +848,7 @@ func TestInterruptedTruncation(t *testing.T) {
 	for _, e := range ents {
 		names = append(names, e.Name())
 	}
-	if want := []string{"00000000000000000021", "00000000000000000031"}; !slices.Equal(names, want) {
+	if want := []string{"00000000000000000021", "00000000000000000031", "LOCK"}; !slices.Equal(names, want) {
 		t.Fatalf("directory holds %v, want %v", names, want)
 	}
 	appendN(t, l, 36, 40, "b")
