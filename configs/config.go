@@ -12,6 +12,8 @@ type Config struct {
 	DataDir string `yaml:"data_dir"` // mqtt storage under data_dir/mqtt, queues under data_dir/queues
 	Queues  Queues `yaml:"queues"`
 	Bridge  Bridge `yaml:"bridge"`
+	// Uplinks forward local queues to upstream MQTT brokers (edge gateway); see uplinks.go.
+	Uplinks []Uplink `yaml:"uplinks"`
 
 	// pos maps a key's path ("mqtt.listeners[0].address") to where it was set, for Validate's messages.
 	pos map[string]position
