@@ -29,6 +29,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", "run the MQTT broker with its bridge, queues and admin HTTP listener", cmdServe},
+		{"queue", "use the queue HTTP API: ls, stats, receive, tail, send, dead, redrive, purge", cmdQueue},
 		{"passwd", "read a password on stdin and print its bcrypt hash for mqtt.users", cmdPasswd},
 		{"version", "print the version and build information", cmdVersion},
 	}
