@@ -202,3 +202,38 @@ func TestAppPortInUse(t *testing.T) {
 		})
 	}
 }
+
+// TestAppDataDirInUse: a second process (here: a second app) on the same data directory is refused
+// with one sentence naming it, and gets it once the first is gone.
+func TestAppDataDirInUse(t *testing.T) {
+	dir := t.TempDir()
+	p := testConfig(t, dir, "")
+	first := startApp(t, p)
+	cfg, err := loadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := newApp(cfg, p, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = second.Start(context.Background())
+	want := "data_dir " + cfg.DataDir + " is in use by another sluice process"
+	if err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Fatalf("second Start = %v, want %q", err, want)
+	}
+	_ = second.Shutdown(context.Background())
+	if err := first.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	third, err := newApp(cfg, p, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := third.Start(context.Background()); err != nil {
+		t.Fatalf("Start after the first stopped: %v", err)
+	}
+	if err := third.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -229,6 +229,7 @@ type app struct {
 
 	// stopQueues closes the bridge and the queues (set by Start when queues are wired in).
 	stopQueues func(context.Context) error
+	unlock     func() // releases the data directory's lock
 
 	mu  sync.Mutex // guards cfg and state
 	cfg *configs.Config
@@ -275,7 +276,7 @@ func newApp(cfg *configs.Config, configPath string, log zerolog.Logger) (*app, e
 	return a, nil
 }
 
-// Start creates the data directory, opens the queues and the bridge, starts the broker's listeners and
+// Start creates and locks the data directory (one process per directory), opens the queues and the bridge, starts the broker's listeners and
 // the HTTP listener, and logs "started" with every bound address. On failure everything started is
 // stopped again and the error is one sentence (a port in use names the listener and the address).
 func (a *app) Start(ctx context.Context) (err error) {
@@ -289,7 +290,12 @@ func (a *app) Start(ctx context.Context) (err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return fmt.Errorf("create data_dir: %w", err)
 	}
-	var undo []func(context.Context) error
+	unlock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	a.unlock = unlock
+	undo := []func(context.Context) error{func(context.Context) error { unlock(); return nil }}
 	defer func() {
 		if err != nil {
 			sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
@@ -297,6 +303,7 @@ func (a *app) Start(ctx context.Context) (err error) {
 			for i := len(undo) - 1; i >= 0; i-- {
 				_ = undo[i](sctx)
 			}
+			a.unlock = nil
 		}
 	}()
 	// The bridge and the queues go here, before the broker starts:
@@ -429,6 +436,9 @@ func (a *app) Shutdown(ctx context.Context) error {
 			_ = a.httpSrv.Close()
 		}
 		<-a.httpDone
+	}
+	if a.unlock != nil && state == 1 {
+		a.unlock()
 	}
 	return errors.Join(errs...)
 }
