@@ -205,7 +205,6 @@ func TestKill(t *testing.T) {
 			}
 			_ = m.Close()
 			t.Logf("missing: %v", ids)
-			diagnose(t, dir, ids)
 			t.Fatalf("round %d: %d durably enqueued, unacked messages missing (enqueued %d, acked %d, present %d)",
 				round, missing, len(enq), len(acked), len(present))
 		}
@@ -228,5 +227,3 @@ func TestKill(t *testing.T) {
 		t.Logf("round %d: enqueued %d, acked %d, present after kill %d", round, len(enq), len(acked), len(present))
 	}
 }
-
-func diagnose(t *testing.T, dir string, ids []string) { queue.Diagnose(t, dir, qn, ids) }

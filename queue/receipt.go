@@ -46,7 +46,7 @@ func decodeReceipt(s string) (receipt, bool) {
 		return r, false
 	}
 	var b [rcptLen]byte
-	if n, err := base64.RawURLEncoding.Decode(b[:], []byte(s)); err != nil || n != rcptLen {
+	if n, err := base64.RawURLEncoding.Strict().Decode(b[:], []byte(s)); err != nil || n != rcptLen {
 		return r, false
 	}
 	if b[0] != rcptVersion || crc32.Checksum(b[:21], castagnoli) != binary.LittleEndian.Uint32(b[21:]) {
