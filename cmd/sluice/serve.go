@@ -218,7 +218,8 @@ func mqttOptions(cfg *configs.Config, log zerolog.Logger, reg prometheus.Registe
 // called from any goroutine between them.
 type app struct {
 	configPath string // "" = the embedded default (nothing to reload)
-	log        zerolog.Logger
+	log        zerolog.Logger // component=serve
+	baseLog    zerolog.Logger // for components that add their own component field
 	reg        *prometheus.Registry
 	broker     *mqtt.Server
 	mux        *http.ServeMux
@@ -254,6 +255,7 @@ func newApp(cfg *configs.Config, configPath string, log zerolog.Logger) (*app, e
 	a := &app{
 		configPath: configPath,
 		log:        log.With().Str("component", "serve").Logger(),
+		baseLog:    log,
 		reg:        reg,
 		broker:     broker,
 		mux:        http.NewServeMux(),
@@ -303,17 +305,15 @@ func (a *app) Start(ctx context.Context) (err error) {
 			for i := len(undo) - 1; i >= 0; i-- {
 				_ = undo[i](sctx)
 			}
-			a.unlock = nil
+			a.unlock, a.stopQueues = nil, nil
 		}
 	}()
-	// The bridge and the queues go here, before the broker starts:
-	// a.stopQueues, err = startQueues(ctx, cfg, a.broker, a.mux, a.reg, a.log)
-	if a.stopQueues != nil {
-		undo = append(undo, a.stopQueues)
-	}
-	if err := ctx.Err(); err != nil {
+	// The queues and the bridge's hook, before the broker starts.
+	a.stopQueues, err = startQueues(ctx, cfg, a.broker, a.mux, a.reg, a.baseLog)
+	if err != nil {
 		return err
 	}
+	undo = append(undo, a.stopQueues)
 	if err := a.broker.Start(); err != nil {
 		return err
 	}
