@@ -217,7 +217,7 @@ func mqttOptions(cfg *configs.Config, log zerolog.Logger, reg prometheus.Registe
 // Start, then Shutdown, are called once each from one goroutine; Reload and the address methods may be
 // called from any goroutine between them.
 type app struct {
-	configPath string // "" = the embedded default (nothing to reload)
+	configPath string         // "" = the embedded default (nothing to reload)
 	log        zerolog.Logger // component=serve
 	baseLog    zerolog.Logger // for components that add their own component field
 	reg        *prometheus.Registry
