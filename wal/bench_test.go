@@ -60,3 +60,68 @@ func benchAppend(b *testing.B, size, writers int, policy wal.SyncPolicy) {
 	wg.Wait()
 	b.ReportMetric(float64(n)/time.Since(start).Seconds(), "records/s")
 }
+
+// fillLog creates a log of n records of size bytes (unsynced, to build it fast) and closes it.
+func fillLog(b *testing.B, n, size int) string {
+	b.Helper()
+	dir := b.TempDir()
+	l, err := wal.Open(dir, wal.Options{Sync: wal.SyncNone})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rec := make([]byte, size)
+	batch := make([][]byte, 1000)
+	for i := range batch {
+		batch[i] = rec
+	}
+	for done := 0; done < n; done += len(batch) {
+		if _, _, err := l.Append(context.Background(), batch[:min(len(batch), n-done)]...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		b.Fatal(err)
+	}
+	return dir
+}
+
+// BenchmarkOpen measures Open (every segment verified) and Scan of the whole
+// log: what recovery costs per record.
+func BenchmarkOpen(b *testing.B) {
+	const size = 256
+	for _, n := range []int{100_000} {
+		b.Run(fmt.Sprintf("op=open/size=%d/records=%d", size, n), func(b *testing.B) {
+			dir := fillLog(b, n, size)
+			b.SetBytes(int64(n * size))
+			b.ReportAllocs()
+			start := time.Now()
+			for b.Loop() {
+				l, err := wal.Open(dir, wal.Options{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := l.Close(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*n)/time.Since(start).Seconds(), "records/s")
+		})
+		b.Run(fmt.Sprintf("op=scan/size=%d/records=%d", size, n), func(b *testing.B) {
+			l, err := wal.Open(fillLog(b, n, size), wal.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			b.SetBytes(int64(n * size))
+			b.ReportAllocs()
+			start := time.Now()
+			for b.Loop() {
+				count := 0
+				if err := l.Scan(1, func(uint64, []byte) error { count++; return nil }); err != nil || count != n {
+					b.Fatalf("scan: %d records, %v", count, err)
+				}
+			}
+			b.ReportMetric(float64(b.N*n)/time.Since(start).Seconds(), "records/s")
+		})
+	}
+}

@@ -25,7 +25,9 @@
 //   - The directory is fsynced after segment files are created (on a roll),
 //     renamed or removed (truncation, repair).
 //   - Reads are serialized: concurrent tidwall/wal reads of old segments race
-//     on its segment cache and can panic (upstream issue #34).
+//     on its segment cache and can panic (upstream issue #34). A panic of
+//     tidwall/wal on a segment damaged after Open becomes a *CorruptionError.
+//     Scan, for recovery, reads and checks segment files directly.
 //   - TruncateFront is segment-aligned and runs on the writer between batches.
 //
 // # Concurrency contract
@@ -55,7 +57,8 @@
 // its read instead of being returned for another index, and lets Open tell
 // damage followed by good records (mid-log) from a damaged tail.
 //
-// Segments roll at about Options.SegmentSize bytes. The tail segment is held
+// A LOCK file in the directory is held with flock(2) while the log is open
+// (a second Open returns ErrLocked). Segments roll at about Options.SegmentSize bytes. The tail segment is held
 // in memory by tidwall/wal, so segments are small (4 MiB by default).
 // Damaged data is kept as <segment>.broken (or <segment>.N.broken); those
 // files are never read again and may be deleted by an operator.

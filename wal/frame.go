@@ -126,17 +126,13 @@ func nextEntry(data []byte) (index uint64, payload []byte, n int, err error) {
 type scanResult struct {
 	count   uint64 // good records before the first bad one
 	goodEnd int    // byte offset just past the last good record
-	err     error  // nil when the whole segment is good
-	// resync reports whether a valid record of a later index starts
-	// somewhere after goodEnd: if none does, the damage runs to the end of
-	// the file (a torn or zero-filled tail); if one does, good data follows
-	// the damage (mid-log corruption).
-	resync bool
+	err     error  // nil when the whole segment is good, or fn's error
 }
 
 // scanSegment checks every entry of a segment whose first index is start,
-// calling fn (if not nil) with each good record in order.
-func scanSegment(data []byte, start uint64, fn func(index uint64, payload []byte)) scanResult {
+// calling fn (if not nil) with each good record in order; an error from fn
+// stops the scan and is returned in err.
+func scanSegment(data []byte, start uint64, fn func(index uint64, payload []byte) error) scanResult {
 	var r scanResult
 	for r.goodEnd < len(data) {
 		want := start + r.count
@@ -146,16 +142,25 @@ func scanSegment(data []byte, start uint64, fn func(index uint64, payload []byte
 		}
 		if err != nil {
 			r.err = err
-			r.resync = findEntry(data[r.goodEnd+1:], want)
 			return r
 		}
 		if fn != nil {
-			fn(index, payload)
+			if err := fn(index, payload); err != nil {
+				r.err = err
+				return r
+			}
 		}
 		r.goodEnd += n
 		r.count++
 	}
 	return r
+}
+
+// damageIsTail reports whether the damage found by scanSegment runs to the
+// end of the data: no valid record of a later index starts anywhere after
+// it. Otherwise good data follows the damage (mid-log corruption).
+func damageIsTail(data []byte, r scanResult, start uint64) bool {
+	return !findEntry(data[r.goodEnd+1:], start+r.count)
 }
 
 // findEntry reports whether a valid entry of an index ≥ from starts at any

@@ -299,13 +299,17 @@ func FuzzDecode(f *testing.F) {
 		}
 		var again []byte
 		next := uint64(1)
-		res := scanSegment(data, 1, func(idx uint64, p []byte) {
+		res := scanSegment(data, 1, func(idx uint64, p []byte) error {
 			if idx != next {
 				t.Fatalf("scan accepted index %d, want %d", idx, next)
 			}
 			next++
 			again = append(again, entry(idx, p)...)
+			return nil
 		})
+		if res.err != nil {
+			_ = damageIsTail(data, res, 1) // must not panic
+		}
 		if res.goodEnd < 0 || res.goodEnd > len(data) {
 			t.Fatalf("goodEnd %d outside 0..%d", res.goodEnd, len(data))
 		}

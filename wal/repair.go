@@ -76,7 +76,7 @@ func (l *Log) recover() (recovered, error) {
 			continue
 		}
 		cerr := &CorruptionError{Segment: name, Index: start + res.count, Offset: int64(res.goodEnd), Reason: res.err.Error()}
-		torn := last && !res.resync
+		torn := last && damageIsTail(data, res, start)
 		if !torn && !l.opts.Repair {
 			return rec, cerr
 		}

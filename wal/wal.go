@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -124,6 +126,10 @@ type Log struct {
 
 	segMu sync.Mutex
 	segs  []uint64 // first index of every segment, ascending; guarded by segMu
+
+	// truncMu is held exclusively while tidwall/wal removes and renames
+	// segment files, and shared while Scan reads one.
+	truncMu sync.RWMutex
 
 	w writer // owned by the writer goroutine
 }
@@ -328,40 +334,40 @@ func (l *Log) Read(index uint64) ([]byte, error) {
 	if index == 0 || index < l.first.Load() || index > l.durable.Load() {
 		return nil, ErrNotFound
 	}
-	var out []byte
-	err := l.read(index, func(rec []byte) error {
-		out = make([]byte, len(rec))
-		copy(out, rec)
-		return nil
-	})
-	return out, err
+	rec, err := l.read(index)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, len(rec))
+	copy(out, rec)
+	return out, nil
 }
 
-// read reads and checks the record at index and calls fn with its payload,
-// valid only during fn.
-func (l *Log) read(index uint64, fn func(rec []byte) error) error {
+// read reads and checks the record at index and returns its payload, which
+// points into tidwall/wal's segment buffer (opened with NoCopy): those bytes
+// are never rewritten (appends go past them, reloads use new buffers), but
+// the caller must not modify them.
+func (l *Log) read(index uint64) ([]byte, error) {
 	data, err := l.twRead(index)
 	var pe panicError
 	switch {
-	case errors.As(err, &pe):
-		return &CorruptionError{Segment: l.segmentOf(index), Index: index, Offset: -1, Reason: pe.Error()}
 	case err == nil:
+	case errors.As(err, &pe):
+		return nil, &CorruptionError{Segment: l.segmentOf(index), Index: index, Offset: -1, Reason: pe.Error()}
 	case errors.Is(err, tidwall.ErrNotFound):
-		return ErrNotFound
+		return nil, ErrNotFound
 	case errors.Is(err, tidwall.ErrClosed):
-		return ErrClosed
+		return nil, ErrClosed
 	case errors.Is(err, tidwall.ErrCorrupt):
-		return &CorruptionError{Segment: l.segmentOf(index), Index: index, Offset: -1, Reason: "unreadable entry length"}
+		return nil, &CorruptionError{Segment: l.segmentOf(index), Index: index, Offset: -1, Reason: "unreadable entry length"}
 	default:
-		return fmt.Errorf("wal: read %d: %w", index, err)
+		return nil, fmt.Errorf("wal: read %d: %w", index, err)
 	}
-	// With NoCopy, data points into tidwall/wal's segment buffer; those bytes
-	// are never rewritten (appends go past them, reloads use new buffers).
 	payload, err := decodeRecord(data, index)
 	if err != nil {
-		return &CorruptionError{Segment: l.segmentOf(index), Index: index, Offset: -1, Reason: err.Error()}
+		return nil, &CorruptionError{Segment: l.segmentOf(index), Index: index, Offset: -1, Reason: err.Error()}
 	}
-	return fn(payload)
+	return payload, nil
 }
 
 // panicError is a panic of tidwall/wal turned into an error.
@@ -387,9 +393,14 @@ func (l *Log) twRead(index uint64) (data []byte, err error) {
 
 // Scan calls fn for every record in [from, LastIndex] in order (from below
 // FirstIndex starts at FirstIndex), with LastIndex taken when Scan starts.
-// rec is valid only during fn. Scan stops at and returns the first error of
-// fn or of a read (a *CorruptionError for a damaged record, ErrNotFound if a
-// concurrent TruncateFront removed a record not yet scanned).
+// rec is valid only during fn and must not be modified. Scan stops at and
+// returns the first error of fn or of a read: a *CorruptionError for a
+// damaged record, ErrNotFound if a concurrent TruncateFront removed a
+// segment not yet scanned.
+//
+// Scan reads segment files directly, one at a time, checking every record:
+// it does not go through tidwall/wal's segment cache, so it neither evicts
+// what Read uses nor holds any lock while fn runs.
 func (l *Log) Scan(from uint64, fn func(index uint64, rec []byte) error) error {
 	if l.isClosed.Load() {
 		return ErrClosed
@@ -398,14 +409,60 @@ func (l *Log) Scan(from uint64, fn func(index uint64, rec []byte) error) error {
 		from = f
 	}
 	last := l.durable.Load()
-	for i := from; i <= last; i++ {
-		idx := i
-		if err := l.read(idx, func(rec []byte) error { return fn(idx, rec) }); err != nil {
-			return err
+	if from == 0 || from > last {
+		return nil
+	}
+	l.segMu.Lock()
+	segs := slices.Clone(l.segs)
+	l.segMu.Unlock()
+	k := sort.Search(len(segs), func(i int) bool { return segs[i] > from }) - 1
+	if k < 0 {
+		return ErrNotFound // truncated since from was clamped
+	}
+	for i := k; i < len(segs) && segs[i] <= last; i++ {
+		start, name := segs[i], segmentName(segs[i])
+		end := last // last index to scan in this segment
+		if i+1 < len(segs) && segs[i+1]-1 < end {
+			end = segs[i+1] - 1
+		}
+		l.truncMu.RLock()
+		data, err := l.fs.ReadFile(filepath.Join(l.dir, name))
+		l.truncMu.RUnlock()
+		if errors.Is(err, fs.ErrNotExist) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("wal: scan: read segment %s: %w", name, err)
+		}
+		var fnErr error
+		res := scanSegment(data, start, func(index uint64, rec []byte) error {
+			if index > end {
+				return errScanDone
+			}
+			if index >= from {
+				if fnErr = fn(index, rec); fnErr != nil {
+					return fnErr
+				}
+			}
+			return nil
+		})
+		switch {
+		case fnErr != nil:
+			return fnErr
+		case res.err == errScanDone:
+		case start+res.count <= end: // damage, or the file ends early, at or below end
+			reason := "segment ends before the record"
+			if res.err != nil {
+				reason = res.err.Error()
+			}
+			return &CorruptionError{Segment: name, Index: start + res.count, Offset: int64(res.goodEnd), Reason: reason}
 		}
 	}
 	return nil
 }
+
+// errScanDone stops scanSegment past the range Scan wants.
+var errScanDone = errors.New("wal: scan done")
 
 // FirstIndex returns the first readable index, or 0 if there is none.
 func (l *Log) FirstIndex() uint64 {
@@ -637,7 +694,10 @@ func (l *Log) truncateFront(index uint64) error {
 	if k <= 0 {
 		return nil // index is in the first segment: nothing is entirely below it
 	}
-	if err := l.tw.TruncateFront(start); err != nil {
+	l.truncMu.Lock()
+	err := l.tw.TruncateFront(start)
+	l.truncMu.Unlock()
+	if err != nil {
 		// tidwall/wal may be half-way (it finishes on the next Open).
 		return l.fail(fmt.Errorf("truncate front to %d: %w", start, err))
 	}

@@ -901,3 +901,66 @@ func TestReadDamagedAfterOpen(t *testing.T) {
 		})
 	}
 }
+
+func TestScan(t *testing.T) {
+	dir := t.TempDir()
+	opts := wal.Options{SegmentSize: 2048} // 10 records per segment
+	l := openLog(t, dir, opts)
+	defer closeLog(t, l)
+	appendN(t, l, 1, 45, "a")
+	errStop := errors.New("stop")
+	tests := []struct {
+		name      string
+		from      uint64
+		stopAt    uint64 // fn returns errStop at this index; 0 = never
+		wantFirst uint64
+		wantLast  uint64
+		wantErr   error
+	}{
+		{name: "all", from: 1, wantFirst: 1, wantLast: 45},
+		{name: "from zero", from: 0, wantFirst: 1, wantLast: 45},
+		{name: "from mid-segment", from: 17, wantFirst: 17, wantLast: 45},
+		{name: "from segment start", from: 21, wantFirst: 21, wantLast: 45},
+		{name: "last only", from: 45, wantFirst: 45, wantLast: 45},
+		{name: "past the end", from: 46},
+		{name: "fn stops", from: 3, stopAt: 12, wantFirst: 3, wantLast: 12, wantErr: errStop},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var first, last uint64
+			err := l.Scan(tt.from, func(i uint64, rec []byte) error {
+				if first == 0 {
+					first = i
+				} else if i != last+1 {
+					return fmt.Errorf("index %d after %d", i, last)
+				}
+				last = i
+				if !bytes.Equal(rec, payload(i, "a")) {
+					return fmt.Errorf("record %d is %q", i, rec)
+				}
+				if i == tt.stopAt {
+					return errStop
+				}
+				return nil
+			})
+			if !errors.Is(err, tt.wantErr) || (err != nil && tt.wantErr == nil) {
+				t.Fatalf("scan: got %v, want %v", err, tt.wantErr)
+			}
+			if first != tt.wantFirst || last != tt.wantLast {
+				t.Fatalf("scanned %d..%d, want %d..%d", first, last, tt.wantFirst, tt.wantLast)
+			}
+		})
+	}
+	t.Run("damaged segment", func(t *testing.T) {
+		waltest.FlipBit(t, waltest.Segments(t, dir)[1], 3*entrySize+100, 6) // record 14
+		var n int
+		err := l.Scan(1, func(uint64, []byte) error { n++; return nil })
+		var cerr *wal.CorruptionError
+		if !errors.As(err, &cerr) || cerr.Index != 14 || cerr.Segment != "00000000000000000011" {
+			t.Fatalf("scan over a damaged record: got %v, want a *CorruptionError at 14 in segment 11", err)
+		}
+		if n != 13 {
+			t.Fatalf("scan returned %d records before the damage, want 13", n)
+		}
+	})
+}
