@@ -61,6 +61,21 @@ func TestUsageErrors(t *testing.T) {
 	}
 }
 
+func TestConfigCommand(t *testing.T) {
+	code, out, _ := runCLI(t, "config")
+	if code != 0 || out != string(configs.Embedded()) {
+		t.Fatalf("exit %d, output is not the embedded sluice.yaml", code)
+	}
+	// What it prints is a valid configuration file that means the default.
+	p := filepath.Join(t.TempDir(), "s.yaml")
+	if err := os.WriteFile(p, []byte(out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errOut := runCLI(t, "serve", "--config", p, "--check"); code != 0 {
+		t.Errorf("--check of the printed default: exit %d, %q %q", code, out, errOut)
+	}
+}
+
 func TestVersion(t *testing.T) {
 	code, out, _ := runCLI(t, "version")
 	if code != 0 || !strings.HasPrefix(out, "sluice dev (go1.") {

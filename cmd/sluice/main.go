@@ -1,7 +1,3 @@
-// Command sluice is the Sluice MQTT broker with durable work queues, device simulator and load tester.
-//
-// Each subcommand is one line of the table in commands; its function gets the remaining arguments and
-// returns the exit code: 0 done, 1 failed, 2 bad usage or configuration (with one sentence on stderr).
 package main
 
 import (
@@ -30,6 +26,7 @@ func commands() []command {
 	return []command{
 		{"serve", "run the MQTT broker with its bridge, queues and admin HTTP listener", cmdServe},
 		{"queue", "use the queue HTTP API: ls, stats, receive, tail, send, dead, redrive, purge", cmdQueue},
+		{"config", "print the default configuration: the reference of every key", cmdConfig},
 		{"passwd", "read a password on stdin and print its bcrypt hash for mqtt.users", cmdPasswd},
 		{"version", "print the version and build information", cmdVersion},
 	}
