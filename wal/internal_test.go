@@ -321,3 +321,41 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestAppendCancelWhileWaiting: a cancelled wait returns ctx's error at once;
+// the write still happens.
+func TestAppendCancelWhileWaiting(t *testing.T) {
+	g := &gateFS{entered: make(chan struct{}), release: make(chan struct{})}
+	l, err := Open(t.TempDir(), Options{FS: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, _, err := l.Append(ctx, []byte("cancelled wait"))
+		errc <- err
+	}()
+	<-g.entered // the record is written, its fsync is held
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("append: got %v, want context.Canceled", err)
+	}
+	if l.LastIndex() != 0 {
+		t.Fatalf("LastIndex = %d while the fsync is held, want 0", l.LastIndex())
+	}
+	close(g.release)
+	first, _, err := l.Append(context.Background(), []byte("next"))
+	if err != nil || first != 2 {
+		t.Fatalf("next append: index %d, %v; want 2", first, err)
+	}
+	rec, err := l.Read(1)
+	if err != nil || string(rec) != "cancelled wait" {
+		t.Fatalf("read 1: %q, %v", rec, err)
+	}
+	rec[0] = 'X' // the copy is the caller's
+	if again, _ := l.Read(1); string(again) != "cancelled wait" {
+		t.Fatalf("modifying a returned record changed the log: %q", again)
+	}
+}
