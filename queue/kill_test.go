@@ -97,7 +97,7 @@ func killWorker() int {
 // that no message whose ack was confirmed is delivered again.
 func TestKill(t *testing.T) {
 	dir := t.TempDir()
-	rounds := 6
+	rounds := 8
 	if testing.Short() {
 		rounds = 2
 	}

@@ -30,3 +30,6 @@ func lockDir(dir string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// unlockDir releases the lock taken by lockDir.
+func unlockDir(f *os.File) error { return f.Close() }

@@ -119,7 +119,7 @@ func (m *Manager) closeAll() error {
 		errs = append(errs, q.close())
 	}
 	if m.lock != nil {
-		errs = append(errs, m.lock.Close())
+		errs = append(errs, unlockDir(m.lock))
 	}
 	return errors.Join(errs...)
 }

@@ -469,6 +469,7 @@ func (q *queue) maybeCheckpoint(force bool) {
 	if due || len(todo) > 0 {
 		q.lastCP = time.Now()
 	}
+	q.src.advanceHead()
 	head := q.src.head
 	q.mu.Unlock()
 	for _, s := range todo {
