@@ -90,7 +90,6 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "sluice serve: %v\n", err)
 		return 2
 	}
-	slog := log.With().Str("component", "serve").Logger()
 	for running := true; running; {
 		select {
 		case <-ctx.Done():
@@ -100,14 +99,14 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 	}
 	stop() // from here a second SIGINT or SIGTERM ends the process at once
-	slog.Info().Dur("timeout", shutdownTimeout).Msg("shutting down")
+	a.log.Info().Dur("timeout", shutdownTimeout).Msg("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	if err := a.Shutdown(sctx); err != nil {
-		slog.Error().Err(err).Msg("shutdown incomplete")
+		a.log.Error().Err(err).Msg("shutdown incomplete")
 		return 1
 	}
-	slog.Info().Msg("stopped")
+	a.log.Info().Msg("stopped")
 	return 0
 }
 
