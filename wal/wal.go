@@ -121,6 +121,7 @@ type Log struct {
 	first   atomic.Uint64         // first index of the first segment
 
 	batches, records atomic.Uint64 // group commits done, records in them
+	reqPool          sync.Pool     // of *appendReq
 
 	readMu sync.Mutex // serializes tidwall/wal reads: they mutate its segment cache (upstream #34)
 
@@ -149,13 +150,19 @@ type writer struct {
 	closeErr error
 }
 
+// appendReq is one Append waiting for the writer. Requests are recycled
+// through Log.reqPool unless their waiter gave up (ctx ended): the writer may
+// then still use it.
 type appendReq struct {
 	frames      [][]byte
-	one         [1][]byte
+	buf         []byte // the frames, back to back
 	first, last uint64
 	err         error
-	done        chan struct{}
+	done        chan struct{} // capacity 1: the writer never blocks on an abandoned waiter
 }
+
+// maxPooledBuf bounds the frame buffer a recycled request keeps.
+const maxPooledBuf = 64 << 10
 
 // Open opens the log in dir, creating dir if missing. It verifies every
 // segment; a torn or zero-filled tail is cut to the last good record (a
@@ -287,41 +294,57 @@ func (l *Log) Append(ctx context.Context, recs ...[]byte) (first, last uint64, e
 	if err := ctx.Err(); err != nil {
 		return 0, 0, err
 	}
-	req := &appendReq{done: make(chan struct{})}
-	buf := make([]byte, 0, size)
-	if len(recs) == 1 {
-		req.frames = req.one[:]
-	} else {
-		req.frames = make([][]byte, len(recs))
+	req, _ := l.reqPool.Get().(*appendReq)
+	if req == nil {
+		req = &appendReq{done: make(chan struct{}, 1)}
 	}
-	for i, r := range recs {
+	buf := slices.Grow(req.buf[:0], size)
+	frames := req.frames[:0]
+	for _, r := range recs {
 		s := len(buf)
 		buf = appendUnsealedFrame(buf, r)
-		req.frames[i] = buf[s:len(buf):len(buf)]
+		frames = append(frames, buf[s:len(buf):len(buf)])
 	}
+	req.buf, req.frames = buf, frames
 
 	l.closeMu.RLock()
 	if l.closed {
 		l.closeMu.RUnlock()
+		l.recycle(req)
 		return 0, 0, ErrClosed
 	}
 	if f := l.failed.Load(); f != nil {
 		l.closeMu.RUnlock()
+		l.recycle(req)
 		return 0, 0, *f
 	}
 	select {
 	case l.reqs <- req:
 	case <-ctx.Done():
 		l.closeMu.RUnlock()
+		l.recycle(req)
 		return 0, 0, ctx.Err()
 	}
 	l.closeMu.RUnlock()
 	select {
 	case <-req.done:
-		return req.first, req.last, req.err
+		first, last, err = req.first, req.last, req.err
+		l.recycle(req)
+		return first, last, err
 	case <-ctx.Done():
-		return 0, 0, ctx.Err()
+		return 0, 0, ctx.Err() // req stays with the writer
 	}
+}
+
+// recycle puts a request whose waiter has its answer back in the pool.
+func (l *Log) recycle(req *appendReq) {
+	if cap(req.buf) > maxPooledBuf {
+		req.buf = nil
+	}
+	clear(req.frames)
+	req.frames = req.frames[:0]
+	req.err = nil
+	l.reqPool.Put(req)
 }
 
 // Read returns a copy of the record at index. It returns ErrNotFound outside
@@ -580,7 +603,7 @@ collect:
 	l.records.Add(uint64(n))
 	for i, r := range w.pending {
 		r.err = err
-		close(r.done)
+		r.done <- struct{}{} // r belongs to its waiter from here on
 		w.pending[i] = nil
 	}
 }
