@@ -240,7 +240,7 @@ type Uplink struct {
 	tls     *tls.Config
 	log     zerolog.Logger
 	metrics *uplinkMetrics
-	down    *downlink
+	down    *upDownlink
 
 	mu        sync.Mutex // guards the fields below
 	started   bool
@@ -274,7 +274,7 @@ func NewUplink(src UplinkSource, opts UplinkOptions) (*Uplink, error) {
 	if err := opts.defaults(); err != nil {
 		return nil, err
 	}
-	u, err := parseUpstreamURL(opts.URL)
+	u, err := upParseURL(opts.URL)
 	if err != nil {
 		return nil, fmt.Errorf("uplink %q: %w", opts.Name, err)
 	}
@@ -286,15 +286,15 @@ func NewUplink(src UplinkSource, opts UplinkOptions) (*Uplink, error) {
 		return nil, fmt.Errorf("uplink %q: queue %q: %w", opts.Name, opts.Queue, err)
 	}
 	ul := &Uplink{
-		opts: opts,
-		src:  src,
-		url:  u,
-		tls:  tc,
-		log:  opts.Logger.With().Str("component", "uplink").Str("uplink", opts.Name).Logger(),
+		opts:  opts,
+		src:   src,
+		url:   u,
+		tls:   tc,
+		log:   opts.Logger.With().Str("component", "uplink").Str("uplink", opts.Name).Logger(),
 		abort: make(chan struct{}),
 	}
 	if opts.Downlink != nil {
-		d, err := newDownlink(ul, *opts.Downlink)
+		d, err := newUpDownlink(ul, *opts.Downlink)
 		if err != nil {
 			return nil, fmt.Errorf("uplink %q: %w", opts.Name, err)
 		}
@@ -372,8 +372,8 @@ func (u *Uplink) Close(ctx context.Context) error {
 type UplinkStatus struct {
 	Name      string        `json:"name"`
 	Queue     string        `json:"queue"`
-	URL       string        `json:"url"` // without credentials
-	State     string        `json:"state"` // stopped | connecting | connected
+	URL       string        `json:"url"`            // without credentials
+	State     string        `json:"state"`          // stopped | connecting | connected
 	Since     time.Time     `json:"since,omitzero"` // connected since
 	Forwarded uint64        `json:"forwarded"`      // messages confirmed by the upstream since start
 	Failures  uint64        `json:"failures"`       // failed connections, lost connections, refused messages
@@ -388,7 +388,7 @@ func (u *Uplink) Status() UplinkStatus {
 	s := UplinkStatus{
 		Name:      u.opts.Name,
 		Queue:     u.opts.Queue,
-		URL:       redactURL(u.url),
+		URL:       upRedactURL(u.url),
 		Forwarded: u.forwarded.Load(),
 		Failures:  u.failures.Load(),
 		InFlight:  u.inflight.Load(),

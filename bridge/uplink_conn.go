@@ -14,8 +14,8 @@ import (
 	"github.com/sluicemq/sluice/queue"
 )
 
-// outMsg is one message to publish upstream.
-type outMsg struct {
+// upOut is one message to publish upstream.
+type upOut struct {
 	seq     uint64 // the drain loop's handle
 	topic   string
 	qos     byte
@@ -25,15 +25,15 @@ type outMsg struct {
 	expiry  *uint32           // remaining message expiry, seconds (MQTT 5)
 }
 
-// pubResult is the upstream's answer to one publish.
-type pubResult struct {
+// upResult is the upstream's answer to one publish.
+type upResult struct {
 	seq    uint64
 	code   byte   // MQTT 5 reason code of the PUBACK or PUBREC; ≥ 0x80 is a refusal
 	reason string // the upstream's reason string, if it gave one
 }
 
-// inMsg is a message the upstream sent us (downlink).
-type inMsg struct {
+// upIn is a message the upstream sent us (downlink).
+type upIn struct {
 	topic   string
 	qos     byte
 	retain  bool
@@ -42,8 +42,8 @@ type inMsg struct {
 	ack     func() // acknowledges it upstream (PUBACK / PUBREC); nil for QoS 0
 }
 
-// connParams is what a connection attempt needs.
-type connParams struct {
+// upParams is what a connection attempt needs.
+type upParams struct {
 	url       *url.URL
 	tls       *tls.Config
 	version   int // 4 (3.1.1) or 5
@@ -52,22 +52,22 @@ type connParams struct {
 	password  string
 	keepAlive time.Duration
 	timeout   time.Duration // dial + handshake + CONNACK, and each write
-	// results receives one pubResult per publish confirmed on this connection. Its capacity must cover
+	// results receives one upResult per publish confirmed on this connection. Its capacity must cover
 	// the publishes that can be in flight, so the reader never blocks on it.
-	results chan<- pubResult
+	results chan<- upResult
 	// downlink, when subscribe is non-empty: messages are passed to onMessage on the reader goroutine,
 	// which must not block for long (the upstream sends at most inflightIn unacknowledged ones).
 	subscribe  []string
 	subQoS     byte
 	inflightIn uint16
-	onMessage  func(inMsg)
+	onMessage  func(upIn)
 }
 
 // upstreamConn is one live connection to the upstream broker. publish and flush are called from the
 // drain loop only; the rest is safe from any goroutine.
 type upstreamConn interface {
 	// publish queues m for writing, in call order. An error means the connection is unusable.
-	publish(m *outMsg) error
+	publish(m *upOut) error
 	// flush writes what publish queued.
 	flush() error
 	// lost is closed when the connection is gone; cause then says why.
@@ -99,19 +99,19 @@ func (e *ConnectError) Error() string {
 func (e *ConnectError) Unwrap() error { return e.Err }
 
 // errConnLost is the cause of a connection closed by us.
-var errConnClosed = errors.New("bridge: connection closed")
+var errUpClosed = errors.New("bridge: connection closed")
 
-// lostState is the shared part of a connection's end.
-type lostState struct {
+// upLost is the shared part of a connection's end.
+type upLost struct {
 	once sync.Once
 	ch   chan struct{}
 	mu   sync.Mutex
 	err  error
 }
 
-func newLostState() lostState { return lostState{ch: make(chan struct{})} }
+func newUpLost() upLost { return upLost{ch: make(chan struct{})} }
 
-func (l *lostState) fail(err error) {
+func (l *upLost) fail(err error) {
 	l.once.Do(func() {
 		l.mu.Lock()
 		l.err = err
@@ -120,24 +120,24 @@ func (l *lostState) fail(err error) {
 	})
 }
 
-func (l *lostState) lost() <-chan struct{} { return l.ch }
+func (l *upLost) lost() <-chan struct{} { return l.ch }
 
-func (l *lostState) cause() error {
+func (l *upLost) cause() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.err
 }
 
-// connect opens a connection with p.
-func connect(ctx context.Context, p connParams) (upstreamConn, error) {
+// upConnect opens a connection with p.
+func upConnect(ctx context.Context, p upParams) (upstreamConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	if p.version == 4 {
 		return connectV3(ctx, p)
 	}
-	nc, err := dialUpstream(ctx, p.url, p.tls)
+	nc, err := upDial(ctx, p.url, p.tls)
 	if err != nil {
-		return nil, &ConnectError{URL: redactURL(p.url), Err: err}
+		return nil, &ConnectError{URL: upRedactURL(p.url), Err: err}
 	}
 	c, err := handshakeV5(ctx, nc, p)
 	if err != nil {
@@ -147,22 +147,22 @@ func connect(ctx context.Context, p connParams) (upstreamConn, error) {
 	return c, nil
 }
 
-// redactURL drops credentials from a URL for logs and errors.
-func redactURL(u *url.URL) string {
+// upRedactURL drops credentials from a URL for logs and errors.
+func upRedactURL(u *url.URL) string {
 	c := *u
 	c.User = nil
 	return c.String()
 }
 
-// writeBuffer is a bufio.Writer on a net.Conn that flushes with a deadline.
-type writeBuffer struct {
+// upWriteBuffer is a bufio.Writer on a net.Conn that flushes with a deadline.
+type upWriteBuffer struct {
 	mu      sync.Mutex
 	conn    net.Conn
 	bw      *bufio.Writer
 	timeout time.Duration
 }
 
-func (w *writeBuffer) flushLocked() error {
+func (w *upWriteBuffer) flushLocked() error {
 	if w.bw.Buffered() == 0 {
 		return nil
 	}
@@ -170,5 +170,5 @@ func (w *writeBuffer) flushLocked() error {
 	return w.bw.Flush()
 }
 
-// isNetClosed reports whether err is the result of closing the connection ourselves.
-func isNetClosed(err error) bool { return errors.Is(err, net.ErrClosed) }
+// upNetClosed reports whether err is the result of closing the connection ourselves.
+func upNetClosed(err error) bool { return errors.Is(err, net.ErrClosed) }

@@ -28,9 +28,9 @@ type UplinkTLS struct {
 	InsecureSkipVerify bool
 }
 
-// parseUpstreamURL checks an upstream broker URL: tcp://, mqtt://, tls://, ssl://, mqtts://, ws:// or
+// upParseURL checks an upstream broker URL: tcp://, mqtt://, tls://, ssl://, mqtts://, ws:// or
 // wss://, with a host and a port. It returns an error wrapping ErrInvalidUplink.
-func parseUpstreamURL(s string) (*url.URL, error) {
+func upParseURL(s string) (*url.URL, error) {
 	if s == "" {
 		return nil, fmt.Errorf("%w: upstream URL is empty", ErrInvalidUplink)
 	}
@@ -49,7 +49,7 @@ func parseUpstreamURL(s string) (*url.URL, error) {
 	return u, nil
 }
 
-func secureScheme(u *url.URL) bool {
+func upSecureScheme(u *url.URL) bool {
 	switch strings.ToLower(u.Scheme) {
 	case "tls", "ssl", "mqtts", "wss":
 		return true
@@ -59,7 +59,7 @@ func secureScheme(u *url.URL) bool {
 
 // tlsConfig builds the client TLS configuration; nil for plain schemes without TLS settings.
 func (t UplinkTLS) config(u *url.URL) (*tls.Config, error) {
-	if !secureScheme(u) {
+	if !upSecureScheme(u) {
 		if t != (UplinkTLS{}) {
 			return nil, fmt.Errorf("%w: TLS settings given for the plain %s:// upstream (use mqtts:// or wss://)", ErrInvalidUplink, u.Scheme)
 		}
@@ -93,8 +93,8 @@ func (t UplinkTLS) config(u *url.URL) (*tls.Config, error) {
 	return c, nil
 }
 
-// dialUpstream opens the network connection to u, the TLS handshake or WebSocket upgrade included.
-func dialUpstream(ctx context.Context, u *url.URL, tlsCfg *tls.Config) (net.Conn, error) {
+// upDial opens the network connection to u, the TLS handshake or WebSocket upgrade included.
+func upDial(ctx context.Context, u *url.URL, tlsCfg *tls.Config) (net.Conn, error) {
 	switch strings.ToLower(u.Scheme) {
 	case "tcp", "mqtt":
 		var d net.Dialer

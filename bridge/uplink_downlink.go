@@ -32,13 +32,13 @@ type Downlink struct {
 	Buffer int
 }
 
-type downlink struct {
+type upDownlink struct {
 	u    *Uplink
 	opts Downlink
-	in   chan inMsg
+	in   chan upIn
 }
 
-func newDownlink(u *Uplink, o Downlink) (*downlink, error) {
+func newUpDownlink(u *Uplink, o Downlink) (*upDownlink, error) {
 	switch {
 	case len(o.Filters) == 0:
 		return nil, fmt.Errorf("%w: the downlink has no topic filter", ErrInvalidUplink)
@@ -50,7 +50,7 @@ func newDownlink(u *Uplink, o Downlink) (*downlink, error) {
 		return nil, fmt.Errorf("%w: downlink buffer %d is not between 0 and 65535", ErrInvalidUplink, o.Buffer)
 	}
 	for _, f := range o.Filters {
-		if !validFilter(f) {
+		if !upValidFilter(f) {
 			return nil, fmt.Errorf("%w: downlink filter %q is not a valid MQTT topic filter", ErrInvalidUplink, f)
 		}
 	}
@@ -60,27 +60,27 @@ func newDownlink(u *Uplink, o Downlink) (*downlink, error) {
 	if o.Buffer == 0 {
 		o.Buffer = 64
 	}
-	return &downlink{u: u, opts: o, in: make(chan inMsg, o.Buffer)}, nil
+	return &upDownlink{u: u, opts: o, in: make(chan upIn, o.Buffer)}, nil
 }
 
-// validFilter checks an MQTT topic filter: non-empty, '+' and '#' only as whole levels, '#' last.
-func validFilter(f string) bool {
+// upValidFilter checks an MQTT topic filter: non-empty, '+' and '#' only as whole levels, '#' last.
+func upValidFilter(f string) bool {
 	if f == "" {
 		return false
 	}
-	levels := splitLevels(f)
+	levels := upSplitLevels(f)
 	for i, l := range levels {
-		if (l != "#" && containsByte(l, '#')) || (l == "#" && i != len(levels)-1) {
+		if (l != "#" && upContainsByte(l, '#')) || (l == "#" && i != len(levels)-1) {
 			return false
 		}
-		if l != "+" && containsByte(l, '+') {
+		if l != "+" && upContainsByte(l, '+') {
 			return false
 		}
 	}
 	return true
 }
 
-func splitLevels(s string) []string {
+func upSplitLevels(s string) []string {
 	var out []string
 	start := 0
 	for i := 0; i < len(s); i++ {
@@ -92,7 +92,7 @@ func splitLevels(s string) []string {
 	return append(out, s[start:])
 }
 
-func containsByte(s string, b byte) bool {
+func upContainsByte(s string, b byte) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] == b {
 			return true
@@ -101,7 +101,7 @@ func containsByte(s string, b byte) bool {
 	return false
 }
 
-func (d *downlink) params(p *connParams) {
+func (d *upDownlink) params(p *upParams) {
 	p.subscribe = d.opts.Filters
 	p.subQoS = d.opts.QoS
 	p.inflightIn = uint16(d.opts.Buffer)
@@ -109,7 +109,7 @@ func (d *downlink) params(p *connParams) {
 }
 
 // offer is called on the connection's reader goroutine.
-func (d *downlink) offer(m inMsg) {
+func (d *upDownlink) offer(m upIn) {
 	if m.qos == 0 {
 		select {
 		case d.in <- m:
@@ -121,12 +121,12 @@ func (d *downlink) offer(m inMsg) {
 	d.in <- m // bounded by the Receive Maximum told to the upstream
 }
 
-func (d *downlink) start(ctx context.Context) {
+func (d *upDownlink) start(ctx context.Context) {
 	d.u.wg.Add(1)
 	go d.run(ctx)
 }
 
-func (d *downlink) run(ctx context.Context) {
+func (d *upDownlink) run(ctx context.Context) {
 	defer d.u.wg.Done()
 	for {
 		select {
@@ -139,7 +139,7 @@ func (d *downlink) run(ctx context.Context) {
 }
 
 // republish publishes m locally, retrying with backoff until it succeeds or ctx ends, then acks it.
-func (d *downlink) republish(ctx context.Context, m inMsg) {
+func (d *upDownlink) republish(ctx context.Context, m upIn) {
 	topic := d.opts.Topic.apply(m.topic, d.u.opts.Gateway)
 	for failures := 0; ; failures++ {
 		pctx, cancel := context.WithTimeout(ctx, d.u.opts.Timeout)
@@ -180,16 +180,16 @@ type LocalClientOptions struct {
 // waits for its PUBACK/PUBCOMP. It connects on first use and again after the connection drops.
 // Safe for concurrent use (publishes are serialized).
 type LocalClient struct {
-	p  connParams
+	p  upParams
 	mu sync.Mutex
 	c  upstreamConn
-	rs chan pubResult
+	rs chan upResult
 	n  uint64
 }
 
 // NewLocalClient checks opts; it does not connect yet.
 func NewLocalClient(opts LocalClientOptions) (*LocalClient, error) {
-	u, err := parseUpstreamURL(opts.URL)
+	u, err := upParseURL(opts.URL)
 	if err != nil {
 		return nil, err
 	}
@@ -203,8 +203,8 @@ func NewLocalClient(opts LocalClientOptions) (*LocalClient, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 10 * time.Second
 	}
-	rs := make(chan pubResult, 1)
-	return &LocalClient{rs: rs, p: connParams{url: u, tls: tc, version: 5, clientID: opts.ClientID, username: opts.Username,
+	rs := make(chan upResult, 1)
+	return &LocalClient{rs: rs, p: upParams{url: u, tls: tc, version: 5, clientID: opts.ClientID, username: opts.Username,
 		password: opts.Password, keepAlive: 60 * time.Second, timeout: opts.Timeout, results: rs}}, nil
 }
 
@@ -221,7 +221,7 @@ func (l *LocalClient) Publish(ctx context.Context, topic string, qos byte, retai
 		}
 	}
 	if l.c == nil {
-		c, err := connect(ctx, l.p)
+		c, err := upConnect(ctx, l.p)
 		if err != nil {
 			return err
 		}
@@ -231,7 +231,7 @@ func (l *LocalClient) Publish(ctx context.Context, topic string, qos byte, retai
 		<-l.rs
 	}
 	l.n++
-	m := &outMsg{seq: l.n, topic: topic, qos: qos, retain: retain, payload: payload, props: &props, expiry: props.MessageExpiry}
+	m := &upOut{seq: l.n, topic: topic, qos: qos, retain: retain, payload: payload, props: &props, expiry: props.MessageExpiry}
 	if err := l.c.publish(m); err != nil {
 		return err
 	}

@@ -9,31 +9,31 @@ import (
 	"github.com/sluicemq/sluice/queue"
 )
 
-// shutdownGrace bounds how long Close waits for the publishes in flight to be confirmed.
-const shutdownGrace = 5 * time.Second
+// upShutdownGrace bounds how long Close waits for the publishes in flight to be confirmed.
+const upShutdownGrace = 5 * time.Second
 
-// pending is one received message the uplink holds until the upstream confirms it.
-type pending struct {
+// upPending is one received message the uplink holds until the upstream confirms it.
+type upPending struct {
 	d    queue.Delivery
 	seq  uint64
 	sent bool // published on the current connection, answer awaited
 	done bool // settled: confirmed, refused, expired or lost its lease
 }
 
-type fetchResult struct {
+type upFetch struct {
 	ds  []queue.Delivery
 	err error
 }
 
-// drain is the state of the forwarding loop; it is owned by the run goroutine.
-type drain struct {
+// upDrain is the state of the forwarding loop; it is owned by the run goroutine.
+type upDrain struct {
 	u        *Uplink
-	held     []*pending // in receive order; done entries are dropped from the front
-	bySeq    map[uint64]*pending
+	held     []*upPending // in receive order; done entries are dropped from the front
+	bySeq    map[uint64]*upPending
 	sendIdx  int // held[sendIdx:] are not yet published on the current connection
 	nextSeq  uint64
 	inflight int
-	limiter  tokenBucket
+	limiter  upTokenBucket
 	acks     []string
 	nacks    []string
 	fatal    error // a queue-level failure (the queue closed): stop
@@ -43,8 +43,8 @@ type drain struct {
 // errUpstreamQoS0 is the failure of a connection to an upstream that takes only QoS 0.
 var errUpstreamQoS0 = errors.New("bridge: the upstream accepts only QoS 0 publishes; store and forward needs QoS 1 or 2")
 
-func (u *Uplink) params(results chan<- pubResult) connParams {
-	p := connParams{
+func (u *Uplink) params(results chan<- upResult) upParams {
+	p := upParams{
 		url:       u.url,
 		tls:       u.tls,
 		version:   u.opts.ProtocolVersion,
@@ -63,7 +63,7 @@ func (u *Uplink) params(results chan<- pubResult) connParams {
 
 func (u *Uplink) run(ctx context.Context) {
 	defer u.wg.Done()
-	d := &drain{u: u, bySeq: make(map[uint64]*pending), limiter: tokenBucket{rate: u.opts.Rate, burst: float64(u.opts.Burst)}}
+	d := &upDrain{u: u, bySeq: make(map[uint64]*upPending), limiter: upTokenBucket{rate: u.opts.Rate, burst: float64(u.opts.Burst)}}
 	defer d.shutdown()
 	if !u.waitRecovered(ctx) {
 		return
@@ -71,8 +71,8 @@ func (u *Uplink) run(ctx context.Context) {
 	failures := 0
 	for ctx.Err() == nil && d.fatal == nil {
 		u.state.Store(UplinkConnecting)
-		results := make(chan pubResult, u.opts.MaxInFlight+1)
-		conn, err := connect(ctx, u.params(results))
+		results := make(chan upResult, u.opts.MaxInFlight+1)
+		conn, err := upConnect(ctx, u.params(results))
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -90,7 +90,7 @@ func (u *Uplink) run(ctx context.Context) {
 		u.upSince = time.Now()
 		u.mu.Unlock()
 		u.state.Store(UplinkConnected)
-		u.log.Info().Str("url", redactURL(u.url)).Int("held", len(d.bySeq)).Msg("upstream connected")
+		u.log.Info().Str("url", upRedactURL(u.url)).Int("held", len(d.bySeq)).Msg("upstream connected")
 		start := time.Now()
 		confirmed, err := d.serve(ctx, conn, results)
 		conn.close()
@@ -150,7 +150,7 @@ func (u *Uplink) waitRecovered(ctx context.Context) bool {
 }
 
 // sleep waits for d, keeping the held messages' leases alive; false when ctx ended first.
-func (d *drain) sleep(ctx context.Context, wait time.Duration) bool {
+func (d *upDrain) sleep(ctx context.Context, wait time.Duration) bool {
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	keep := time.NewTicker(d.u.opts.Lease / 3)
@@ -170,7 +170,7 @@ func (d *drain) sleep(ctx context.Context, wait time.Duration) bool {
 	}
 }
 
-func (d *drain) fetch(ctx context.Context, want <-chan int, got chan<- fetchResult, done chan<- struct{}) {
+func (d *upDrain) fetch(ctx context.Context, want <-chan int, got chan<- upFetch, done chan<- struct{}) {
 	defer close(done)
 	for {
 		var n int
@@ -186,14 +186,14 @@ func (d *drain) fetch(ctx context.Context, want <-chan int, got chan<- fetchResu
 			}
 			continue
 		}
-		got <- fetchResult{ds, err} // serve reads got until done is closed
+		got <- upFetch{ds, err} // serve reads got until done is closed
 	}
 }
 
-func (d *drain) add(ds []queue.Delivery) {
+func (d *upDrain) add(ds []queue.Delivery) {
 	for i := range ds {
 		d.nextSeq++
-		p := &pending{d: ds[i], seq: d.nextSeq}
+		p := &upPending{d: ds[i], seq: d.nextSeq}
 		d.held = append(d.held, p)
 		d.bySeq[p.seq] = p
 	}
@@ -201,7 +201,7 @@ func (d *drain) add(ds []queue.Delivery) {
 
 // serve forwards on conn until it is lost, a queue call fails or ctx ends. It returns how many
 // messages the upstream confirmed.
-func (d *drain) serve(ctx context.Context, conn upstreamConn, results <-chan pubResult) (confirmed int, err error) {
+func (d *upDrain) serve(ctx context.Context, conn upstreamConn, results <-chan upResult) (confirmed int, err error) {
 	u := d.u
 	window := min(u.opts.MaxInFlight, conn.window())
 	qos := min(u.opts.QoS, conn.maxQoS())
@@ -217,7 +217,7 @@ func (d *drain) serve(ctx context.Context, conn upstreamConn, results <-chan pub
 
 	fctx, cancelFetch := context.WithCancel(ctx)
 	want := make(chan int, 1)
-	got := make(chan fetchResult)
+	got := make(chan upFetch)
 	fdone := make(chan struct{})
 	go d.fetch(fctx, want, got, fdone)
 	defer func() {
@@ -298,11 +298,11 @@ func (d *drain) serve(ctx context.Context, conn upstreamConn, results <-chan pub
 	}
 }
 
-// finish waits, on shutdown, for the publishes in flight to be confirmed (bounded by shutdownGrace
+// finish waits, on shutdown, for the publishes in flight to be confirmed (bounded by upShutdownGrace
 // and Close's ctx), and acks them.
-func (d *drain) finish(conn upstreamConn, results <-chan pubResult) int {
+func (d *upDrain) finish(conn upstreamConn, results <-chan upResult) int {
 	n := 0
-	grace := time.NewTimer(shutdownGrace)
+	grace := time.NewTimer(upShutdownGrace)
 	defer grace.Stop()
 	for d.inflight > 0 {
 		select {
@@ -322,12 +322,12 @@ func (d *drain) finish(conn upstreamConn, results <-chan pubResult) int {
 }
 
 // collect handles the answers that arrived before the connection closed.
-func (d *drain) collect(results <-chan pubResult) int {
+func (d *upDrain) collect(results <-chan upResult) int {
 	d.drainResults(results)
 	return d.settle()
 }
 
-func (d *drain) drainResults(results <-chan pubResult) {
+func (d *upDrain) drainResults(results <-chan upResult) {
 	for {
 		select {
 		case r := <-results:
@@ -338,7 +338,7 @@ func (d *drain) drainResults(results <-chan pubResult) {
 	}
 }
 
-func (d *drain) handle(r pubResult) {
+func (d *upDrain) handle(r upResult) {
 	p := d.bySeq[r.seq]
 	if p == nil || !p.sent {
 		return
@@ -360,9 +360,9 @@ func (d *drain) handle(r pubResult) {
 }
 
 // message builds the upstream publish of p; nil when the message expired (it is then acked away).
-func (d *drain) message(p *pending, qos byte) *outMsg {
+func (d *upDrain) message(p *upPending, qos byte) *upOut {
 	u := d.u
-	m := &outMsg{
+	m := &upOut{
 		seq:     p.seq,
 		topic:   u.opts.Topic.apply(p.d.Topic, u.opts.Gateway),
 		qos:     qos,
@@ -393,7 +393,7 @@ func (d *drain) message(p *pending, qos byte) *outMsg {
 }
 
 // settle acks the confirmed messages and nacks the refused ones; it returns how many were acked.
-func (d *drain) settle() int {
+func (d *upDrain) settle() int {
 	u := d.u
 	n := 0
 	if len(d.acks) > 0 {
@@ -424,7 +424,7 @@ func (d *drain) settle() int {
 	return n
 }
 
-func (d *drain) queueFailure(op string, err error, n int) {
+func (d *upDrain) queueFailure(op string, err error, n int) {
 	if errors.Is(err, queue.ErrClosed) || errors.Is(err, queue.ErrNotFound) {
 		d.fatal = err
 		return
@@ -433,7 +433,7 @@ func (d *drain) queueFailure(op string, err error, n int) {
 }
 
 // compact drops settled entries: from the front only (all when all is set, between connections).
-func (d *drain) compact(all bool) {
+func (d *upDrain) compact(all bool) {
 	if all {
 		kept := d.held[:0]
 		for _, p := range d.held {
@@ -462,12 +462,12 @@ func (d *drain) compact(all bool) {
 
 // extend renews the leases of the held messages. A message whose lease already ran out is dropped if
 // it was not published on this connection (the queue will deliver it again).
-func (d *drain) extend() {
+func (d *upDrain) extend() {
 	u := d.u
 	if len(d.bySeq) == 0 {
 		return
 	}
-	ps := make([]*pending, 0, len(d.bySeq))
+	ps := make([]*upPending, 0, len(d.bySeq))
 	receipts := make([]string, 0, len(d.bySeq))
 	for _, p := range d.held {
 		if !p.done {
@@ -491,7 +491,7 @@ func (d *drain) extend() {
 }
 
 // shutdown gives the messages still held back to the queue, ready at once.
-func (d *drain) shutdown() {
+func (d *upDrain) shutdown() {
 	u := d.u
 	if len(d.acks) > 0 || len(d.nacks) > 0 {
 		d.settle()
@@ -511,14 +511,14 @@ func (d *drain) shutdown() {
 	d.held, d.bySeq = nil, nil
 }
 
-// tokenBucket is the rate limit: rate tokens per second, at most burst banked. rate 0 = unlimited.
-type tokenBucket struct {
+// upTokenBucket is the rate limit: rate tokens per second, at most burst banked. rate 0 = unlimited.
+type upTokenBucket struct {
 	rate, burst, tokens float64
 	last                time.Time
 }
 
 // take takes a token, or returns how long until one is available.
-func (b *tokenBucket) take(now time.Time) time.Duration {
+func (b *upTokenBucket) take(now time.Time) time.Duration {
 	if b.rate <= 0 {
 		return 0
 	}

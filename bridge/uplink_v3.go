@@ -16,8 +16,8 @@ import (
 type v3Conn struct {
 	cl      paho3.Client
 	tokens  chan v3Pending
-	results chan<- pubResult
-	lostState
+	results chan<- upResult
+	upLost
 	wg sync.WaitGroup
 }
 
@@ -29,8 +29,8 @@ type v3Pending struct {
 // v3Window bounds the publishes in flight on a 3.1.1 connection (the protocol has no Receive Maximum).
 const v3Window = 1024
 
-func connectV3(ctx context.Context, p connParams) (*v3Conn, error) {
-	c := &v3Conn{tokens: make(chan v3Pending, v3Window+1), results: p.results, lostState: newLostState()}
+func connectV3(ctx context.Context, p upParams) (*v3Conn, error) {
+	c := &v3Conn{tokens: make(chan v3Pending, v3Window+1), results: p.results, upLost: newUpLost()}
 	target := p.url
 	o := paho3.NewClientOptions().
 		AddBroker("tcp://" + p.url.Host).
@@ -48,7 +48,7 @@ func connectV3(ctx context.Context, p connParams) (*v3Conn, error) {
 		SetAutoAckDisabled(true).
 		SetProtocolVersion(4).
 		SetCustomOpenConnectionFn(func(*url.URL, paho3.ClientOptions) (net.Conn, error) {
-			return dialUpstream(ctx, target, p.tls)
+			return upDial(ctx, target, p.tls)
 		}).
 		SetConnectionLostHandler(func(_ paho3.Client, err error) { c.fail(fmt.Errorf("connection lost: %w", err)) })
 	c.cl = paho3.NewClient(o)
@@ -57,15 +57,15 @@ func connectV3(ctx context.Context, p connParams) (*v3Conn, error) {
 	case <-tok.Done():
 	case <-ctx.Done():
 		c.cl.Disconnect(0)
-		return nil, &ConnectError{URL: redactURL(p.url), Err: ctx.Err()}
+		return nil, &ConnectError{URL: upRedactURL(p.url), Err: ctx.Err()}
 	}
 	if err := tok.Error(); err != nil {
-		return nil, &ConnectError{URL: redactURL(p.url), Err: err}
+		return nil, &ConnectError{URL: upRedactURL(p.url), Err: err}
 	}
 	for _, f := range p.subscribe {
 		onMessage := p.onMessage
 		st := c.cl.Subscribe(f, p.subQoS, func(_ paho3.Client, m paho3.Message) {
-			im := inMsg{topic: m.Topic(), qos: m.Qos(), retain: m.Retained(), payload: m.Payload()}
+			im := upIn{topic: m.Topic(), qos: m.Qos(), retain: m.Retained(), payload: m.Payload()}
 			if m.Qos() > 0 {
 				im.ack = m.Ack
 			}
@@ -77,11 +77,11 @@ func connectV3(ctx context.Context, p connParams) (*v3Conn, error) {
 			if err == nil {
 				err = fmt.Errorf("no SUBACK within %v", p.timeout)
 			}
-			return nil, &ConnectError{URL: redactURL(p.url), Err: fmt.Errorf("subscribe to %q: %w", f, err)}
+			return nil, &ConnectError{URL: upRedactURL(p.url), Err: fmt.Errorf("subscribe to %q: %w", f, err)}
 		}
 		if codes := st.(*paho3.SubscribeToken).Result(); codes[f] >= 0x80 {
 			c.cl.Disconnect(0)
-			return nil, &ConnectError{URL: redactURL(p.url), Err: fmt.Errorf("subscription to %q refused", f)}
+			return nil, &ConnectError{URL: upRedactURL(p.url), Err: fmt.Errorf("subscription to %q refused", f)}
 		}
 	}
 	c.wg.Add(1)
@@ -96,7 +96,7 @@ func (c *v3Conn) wait() {
 	for pd := range c.tokens {
 		select {
 		case <-pd.tok.Done():
-		case <-c.lostState.ch:
+		case <-c.upLost.ch:
 			<-pd.tok.Done() // paho completes every token when the connection ends (clean session)
 		}
 		if err := pd.tok.Error(); err != nil {
@@ -104,13 +104,13 @@ func (c *v3Conn) wait() {
 			go c.cl.Disconnect(0)
 			continue
 		}
-		c.results <- pubResult{seq: pd.seq}
+		c.results <- upResult{seq: pd.seq}
 	}
 }
 
-func (c *v3Conn) publish(m *outMsg) error {
+func (c *v3Conn) publish(m *upOut) error {
 	select {
-	case <-c.lostState.ch:
+	case <-c.upLost.ch:
 		return c.cause()
 	default:
 	}
@@ -125,11 +125,11 @@ func (c *v3Conn) maxQoS() byte { return 2 }
 
 func (c *v3Conn) close() {
 	select {
-	case <-c.lostState.ch:
+	case <-c.upLost.ch:
 		c.cl.Disconnect(0)
 	default:
 		c.cl.Disconnect(250)
-		c.fail(errConnClosed)
+		c.fail(errUpClosed)
 	}
 	close(c.tokens)
 	c.wg.Wait()

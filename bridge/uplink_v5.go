@@ -18,9 +18,9 @@ import (
 // one's reason code: here publishes are written in the order they are given, any number in flight
 // (up to the upstream's Receive Maximum), and each PUBACK/PUBCOMP goes to the results channel.
 type v5Conn struct {
-	p       connParams
+	p       upParams
 	conn    net.Conn
-	w       writeBuffer
+	w       upWriteBuffer
 	br      *bufio.Reader
 	recvMax int
 	qosMax  byte
@@ -31,20 +31,20 @@ type v5Conn struct {
 	nextID uint16
 	subID  uint16 // packet id of our SUBSCRIBE
 
-	lostState
+	upLost
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
 
-func handshakeV5(ctx context.Context, nc net.Conn, p connParams) (*v5Conn, error) {
+func handshakeV5(ctx context.Context, nc net.Conn, p upParams) (*v5Conn, error) {
 	c := &v5Conn{
-		p:         p,
-		conn:      nc,
-		w:         writeBuffer{conn: nc, bw: bufio.NewWriterSize(nc, 32<<10), timeout: p.timeout},
-		br:        bufio.NewReaderSize(nc, 32<<10),
-		ids:       make(map[uint16]uint64),
-		lostState: newLostState(),
-		stop:      make(chan struct{}),
+		p:      p,
+		conn:   nc,
+		w:      upWriteBuffer{conn: nc, bw: bufio.NewWriterSize(nc, 32<<10), timeout: p.timeout},
+		br:     bufio.NewReaderSize(nc, 32<<10),
+		ids:    make(map[uint16]uint64),
+		upLost: newUpLost(),
+		stop:   make(chan struct{}),
 	}
 	cp := packets.NewControlPacket(packets.CONNECT)
 	conn := cp.Content.(*packets.Connect)
@@ -67,25 +67,25 @@ func handshakeV5(ctx context.Context, nc net.Conn, p connParams) (*v5Conn, error
 	stopWatch := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Now()) })
 	defer stopWatch()
 	if _, err := cp.WriteTo(c.w.bw); err != nil {
-		return nil, &ConnectError{URL: redactURL(p.url), Err: err}
+		return nil, &ConnectError{URL: upRedactURL(p.url), Err: err}
 	}
 	if err := c.w.bw.Flush(); err != nil {
-		return nil, &ConnectError{URL: redactURL(p.url), Err: err}
+		return nil, &ConnectError{URL: upRedactURL(p.url), Err: err}
 	}
 	resp, err := packets.ReadPacket(c.br)
 	if err != nil {
-		return nil, &ConnectError{URL: redactURL(p.url), Err: fmt.Errorf("read CONNACK: %w", err)}
+		return nil, &ConnectError{URL: upRedactURL(p.url), Err: fmt.Errorf("read CONNACK: %w", err)}
 	}
 	ack, ok := resp.Content.(*packets.Connack)
 	if !ok {
-		return nil, &ConnectError{URL: redactURL(p.url), Err: fmt.Errorf("got %s instead of CONNACK", resp.PacketType())}
+		return nil, &ConnectError{URL: upRedactURL(p.url), Err: fmt.Errorf("got %s instead of CONNACK", resp.PacketType())}
 	}
 	if ack.ReasonCode >= 0x80 {
 		reason := ack.Properties.ReasonString
 		if reason == "" {
 			reason = ack.Reason()
 		}
-		return nil, &ConnectError{URL: redactURL(p.url), Code: ack.ReasonCode, Reason: reason}
+		return nil, &ConnectError{URL: upRedactURL(p.url), Code: ack.ReasonCode, Reason: reason}
 	}
 	_ = nc.SetDeadline(time.Time{})
 	c.recvMax, c.qosMax, c.maxPkt = 65535, 2, 0
@@ -105,7 +105,7 @@ func handshakeV5(ctx context.Context, nc net.Conn, p connParams) (*v5Conn, error
 	}
 	if len(p.subscribe) > 0 {
 		if err := c.subscribe(); err != nil {
-			return nil, &ConnectError{URL: redactURL(p.url), Err: err}
+			return nil, &ConnectError{URL: upRedactURL(p.url), Err: err}
 		}
 	}
 	c.wg.Add(2)
@@ -147,9 +147,9 @@ func (c *v5Conn) subscribe() error {
 func (c *v5Conn) window() int  { return c.recvMax }
 func (c *v5Conn) maxQoS() byte { return c.qosMax }
 
-func (c *v5Conn) publish(m *outMsg) error {
+func (c *v5Conn) publish(m *upOut) error {
 	select {
-	case <-c.lostState.ch:
+	case <-c.upLost.ch:
 		return c.cause()
 	default:
 	}
@@ -224,7 +224,7 @@ func (c *v5Conn) done(id uint16, code byte, reason string) {
 	delete(c.ids, id)
 	c.mu.Unlock()
 	if ok {
-		c.p.results <- pubResult{seq: seq, code: code, reason: reason}
+		c.p.results <- upResult{seq: seq, code: code, reason: reason}
 	}
 }
 
@@ -239,8 +239,8 @@ func (c *v5Conn) readLoop() {
 		_ = c.conn.SetReadDeadline(time.Now().Add(ka * 3 / 2))
 		cp, err := packets.ReadPacket(c.br)
 		if err != nil {
-			if isNetClosed(err) {
-				err = errConnClosed
+			if upNetClosed(err) {
+				err = errUpClosed
 			}
 			c.fail(fmt.Errorf("read: %w", err))
 			_ = c.conn.Close()
@@ -284,7 +284,7 @@ func (c *v5Conn) inbound(pk *packets.Publish) {
 	if c.p.onMessage == nil {
 		return
 	}
-	m := inMsg{topic: pk.Topic, qos: pk.QoS, retain: pk.Retain, payload: pk.Payload}
+	m := upIn{topic: pk.Topic, qos: pk.QoS, retain: pk.Retain, payload: pk.Payload}
 	if pr := pk.Properties; pr != nil {
 		m.props = queue.Properties{ContentType: pr.ContentType, PayloadFormat: pr.PayloadFormat,
 			CorrelationData: pr.CorrelationData, ResponseTopic: pr.ResponseTopic, MessageExpiry: pr.MessageExpiry}
@@ -330,7 +330,7 @@ func (c *v5Conn) pingLoop() {
 
 func (c *v5Conn) close() {
 	select {
-	case <-c.lostState.ch:
+	case <-c.upLost.ch:
 	default:
 		d := packets.NewControlPacket(packets.DISCONNECT)
 		c.w.mu.Lock()
@@ -339,7 +339,7 @@ func (c *v5Conn) close() {
 			_ = c.w.bw.Flush()
 		}
 		c.w.mu.Unlock()
-		c.fail(errConnClosed)
+		c.fail(errUpClosed)
 	}
 	_ = c.conn.Close()
 	c.wg.Wait()
