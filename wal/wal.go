@@ -330,7 +330,10 @@ func (l *Log) Append(ctx context.Context, recs ...[]byte) (first, last uint64, e
 	case <-req.done:
 		first, last, err = req.first, req.last, req.err
 		l.recycle(req)
-		return first, last, err
+		if err != nil {
+			return 0, 0, err
+		}
+		return first, last, nil
 	case <-ctx.Done():
 		return 0, 0, ctx.Err() // req stays with the writer
 	}

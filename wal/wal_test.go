@@ -964,3 +964,30 @@ func TestScan(t *testing.T) {
 		}
 	})
 }
+
+// TestDirSync: the directory is fsynced when a segment file is created,
+// removed or renamed, before the append that caused it returns.
+func TestDirSync(t *testing.T) {
+	dir := t.TempDir()
+	ffs := &waltest.FaultFS{}
+	l := openLog(t, dir, wal.Options{FS: ffs, SegmentSize: 2048}) // 10 records per segment
+	defer closeLog(t, l)
+	dirSyncs := func() int { _, _, d := ffs.Counts(); return d }
+	base := dirSyncs()
+	appendN(t, l, 1, 9, "a")
+	if got := dirSyncs(); got != base {
+		t.Fatalf("%d directory fsyncs without a new segment", got-base)
+	}
+	appendN(t, l, 10, 10, "a") // fills the segment: tidwall/wal creates 11
+	if got := dirSyncs(); got != base+1 {
+		t.Fatalf("%d directory fsyncs for one new segment, want 1", got-base)
+	}
+	appendN(t, l, 11, 25, "a")
+	base = dirSyncs()
+	if err := l.TruncateFront(21); err != nil {
+		t.Fatal(err)
+	}
+	if got := dirSyncs(); got != base+1 {
+		t.Fatalf("%d directory fsyncs for a truncation, want 1", got-base)
+	}
+}
