@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -810,4 +812,107 @@ func TestCheckpointAndReclaim(t *testing.T) {
 	if got := payloads(e.receive(10, 0)); got != "kept" {
 		t.Fatalf("after reclaim and reopen: %q", got)
 	}
+}
+
+// TestConcurrent runs producers and consumers that ack, nack, extend or abandon deliveries, with
+// the real clock and short leases, until every message is acked: each exactly once (a stale
+// receipt can never settle a later delivery), none lost.
+func TestConcurrent(t *testing.T) {
+	m, err := queue.Open(t.TempDir(), queue.Options{Queues: map[string]queue.Config{qn: {
+		MaxAttempts: 1000, Backoff: queue.Backoff{Initial: time.Millisecond, Max: 5 * time.Millisecond}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	const producers, perProducer, consumers = 4, 300, 4
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	enqueued, acked := map[string]bool{}, map[string]int{}
+	var wg sync.WaitGroup
+	for p := 0; p < producers; p++ {
+		wg.Go(func() {
+			for i := 0; i < perProducer; i += 10 {
+				ids, err := m.Enqueue(ctx, qn, batchOf(10))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				for _, id := range ids {
+					enqueued[id] = true
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for c := 0; c < consumers; c++ {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(c), 7))
+			for {
+				mu.Lock()
+				done := len(acked) == producers*perProducer
+				mu.Unlock()
+				if done || ctx.Err() != nil {
+					return
+				}
+				rctx, rcancel := context.WithTimeout(ctx, 50*time.Millisecond)
+				ds, err := m.Receive(rctx, qn, 1+rng.IntN(10), 20*time.Millisecond)
+				rcancel()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				for _, d := range ds {
+					switch r := rng.IntN(10); {
+					case r < 6:
+						res, err := m.Ack(qn, []string{d.Receipt})
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						if res[0] == nil {
+							mu.Lock()
+							acked[d.ID]++
+							mu.Unlock()
+						} else if !errors.Is(res[0], queue.ErrStaleReceipt) {
+							t.Errorf("ack: %v", res[0])
+						}
+					case r < 8:
+						if _, err := m.Nack(qn, []string{d.Receipt}, 0); err != nil {
+							t.Error(err)
+						}
+					case r < 9:
+						if _, err := m.Extend(qn, []string{d.Receipt}, 10*time.Millisecond); err != nil {
+							t.Error(err)
+						}
+					} // else: abandoned, the lease expires
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		t.Fatalf("not all messages acked in time: %d of %d", len(acked), producers*perProducer)
+	}
+	for id := range enqueued {
+		if acked[id] != 1 {
+			t.Errorf("message %s acked %d times", id, acked[id])
+		}
+	}
+	s, err := m.Stats(qn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Ready+s.Leased+s.Delayed+s.Dead != 0 || s.Acked != producers*perProducer || s.Bytes != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func batchOf(n int) []queue.Message {
+	msgs := make([]queue.Message, n)
+	for i := range msgs {
+		msgs[i] = msg(fmt.Sprint(i))
+	}
+	return msgs
 }
