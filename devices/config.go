@@ -100,14 +100,15 @@ func ParseConfig(file string, data []byte) (Config, error) {
 	if err := c.Validate(); err != nil {
 		ce := err.(*ConfigError)
 		ce.File = file
-		ce.Line = keyLine(data, ce.field)
+		ce.Line = KeyLine(data, ce.field)
 		return Config{}, ce
 	}
 	return c, nil
 }
 
-// keyLine finds the line of a dotted key path ("reconnect.max") in a YAML document, or 0.
-func keyLine(data []byte, path string) int {
+// KeyLine finds the line of a dotted key path ("reconnect.max") in a YAML document, or 0, so a
+// validation error can name the line.
+func KeyLine(data []byte, path string) int {
 	if path == "" {
 		return 0
 	}
