@@ -28,7 +28,11 @@
 //     on its segment cache and can panic (upstream issue #34). A panic of
 //     tidwall/wal on a segment damaged after Open becomes a *CorruptionError.
 //     Scan, for recovery, reads and checks segment files directly.
-//   - TruncateFront is segment-aligned and runs on the writer between batches.
+//   - TruncateFront is segment-aligned: it removes whole segment files below
+//     the index itself, so it copies nothing and never blocks appends
+//     (tidwall/wal's own TruncateFront rewrites up to a segment under its
+//     lock). tidwall/wal still lists the removed segments in memory until the
+//     log is reopened; reads below FirstIndex never reach it.
 //
 // # Concurrency contract
 //

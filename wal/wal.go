@@ -108,7 +108,7 @@ type Log struct {
 	lock io.Closer // the directory's LOCK file
 
 	reqs chan *appendReq // to the writer
-	ops  chan func()     // run on the writer between batches (TruncateFront)
+	ops  chan func()     // run on the writer between batches (tests inspect its state)
 	quit chan struct{}   // closed by Close
 	done chan struct{}   // closed by the writer when it has stopped
 
@@ -128,8 +128,8 @@ type Log struct {
 	segMu sync.Mutex
 	segs  []uint64 // first index of every segment, ascending; guarded by segMu
 
-	// truncMu is held exclusively while tidwall/wal removes and renames
-	// segment files, and shared while Scan reads one.
+	// truncMu is held exclusively while TruncateFront removes segment
+	// files, and shared while Scan reads one.
 	truncMu sync.RWMutex
 
 	w writer // owned by the writer goroutine
@@ -380,7 +380,8 @@ func (l *Log) read(index uint64) ([]byte, error) {
 	case err == nil:
 	case errors.As(err, &pe):
 		return nil, &CorruptionError{Segment: l.segmentOf(index), Index: index, Offset: -1, Reason: pe.Error()}
-	case errors.Is(err, tidwall.ErrNotFound):
+	case errors.Is(err, tidwall.ErrNotFound) || index < l.first.Load():
+		// below FirstIndex: a concurrent TruncateFront removed it
 		return nil, ErrNotFound
 	case errors.Is(err, tidwall.ErrClosed):
 		return nil, ErrClosed
@@ -505,20 +506,50 @@ func (l *Log) FirstIndex() uint64 {
 func (l *Log) LastIndex() uint64 { return l.durable.Load() }
 
 // TruncateFront drops records below index, by whole segments only: it removes
-// the segments that lie entirely below index, so FirstIndex may stay below
-// index. It runs on the writer between batches; tidwall/wal rewrites the
-// first kept segment (up to SegmentSize bytes) under its lock, so call it
-// periodically, not per record. It returns ErrClosed after Close.
+// the segment files that lie entirely below index (oldest first, then fsyncs
+// the directory), so FirstIndex may stay below index. The tail segment is
+// never removed. It is cheap: it neither copies data nor waits for the
+// writer, and appends go on meanwhile. It returns ErrClosed after Close, and
+// the error of a failed removal (the log stays usable; a crash before the
+// directory fsync may bring removed segments back, never a gap).
 func (l *Log) TruncateFront(index uint64) error {
-	errc := make(chan error, 1)
 	l.closeMu.RLock()
+	defer l.closeMu.RUnlock()
 	if l.closed {
-		l.closeMu.RUnlock()
 		return ErrClosed
 	}
-	l.ops <- func() { errc <- l.truncateFront(index) }
-	l.closeMu.RUnlock()
-	return <-errc
+	l.truncMu.Lock()
+	defer l.truncMu.Unlock()
+	removed := false
+	for {
+		l.segMu.Lock()
+		// segs[0] lies entirely below index if the next segment starts at or below index
+		ok := len(l.segs) > 1 && l.segs[1] <= index
+		var start, next uint64
+		if ok {
+			start, next = l.segs[0], l.segs[1]
+		}
+		l.segMu.Unlock()
+		if !ok {
+			break
+		}
+		// readers stop asking for the segment before its file goes
+		l.first.Store(next)
+		if err := l.fs.Remove(filepath.Join(l.dir, segmentName(start))); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			l.first.Store(start)
+			return fmt.Errorf("wal: truncate front: remove segment %s: %w", segmentName(start), err)
+		}
+		l.segMu.Lock()
+		l.segs = l.segs[1:]
+		l.segMu.Unlock()
+		removed = true
+	}
+	if removed {
+		if err := l.fs.SyncDir(l.dir); err != nil {
+			return fmt.Errorf("wal: truncate front: sync dir: %w", err)
+		}
+	}
+	return nil
 }
 
 // Close stops the writer after it has written what was queued, fsyncs, and
@@ -700,50 +731,6 @@ func (l *Log) fail(cause error) error {
 	err := fmt.Errorf("%w: %w", ErrFailed, cause)
 	l.failed.CompareAndSwap(nil, &err)
 	return *l.failed.Load()
-}
-
-func (l *Log) truncateFront(index uint64) error {
-	if f := l.failed.Load(); f != nil {
-		return *f
-	}
-	if d := l.durable.Load(); index > d+1 {
-		index = d + 1 // never drop what is not durable
-	}
-	l.segMu.Lock()
-	k := sort.Search(len(l.segs), func(i int) bool { return l.segs[i] > index }) - 1
-	nsegs := len(l.segs)
-	var start uint64
-	if k > 0 {
-		start = l.segs[k]
-	}
-	l.segMu.Unlock()
-	if k <= 0 {
-		return nil // index is in the first segment: nothing is entirely below it
-	}
-	l.truncMu.Lock()
-	err := l.tw.TruncateFront(start)
-	l.truncMu.Unlock()
-	if err != nil {
-		// tidwall/wal may be half-way (it finishes on the next Open).
-		return l.fail(fmt.Errorf("truncate front to %d: %w", start, err))
-	}
-	l.segMu.Lock()
-	l.segs = append([]uint64(nil), l.segs[k:]...)
-	l.segMu.Unlock()
-	l.first.Store(start)
-	if k == nsegs-1 {
-		// tidwall/wal replaced the tail segment's file: fsync the new one.
-		f, err := l.fs.OpenFile(l.w.tailPath, os.O_RDWR, 0)
-		if err != nil {
-			return l.fail(fmt.Errorf("reopen tail segment: %w", err))
-		}
-		_ = l.w.syncF.Close()
-		l.w.syncF = f
-	}
-	if err := l.fs.SyncDir(l.dir); err != nil {
-		return l.fail(fmt.Errorf("sync dir: %w", err))
-	}
-	return nil
 }
 
 func (l *Log) shutdown() {

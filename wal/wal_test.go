@@ -991,3 +991,108 @@ func TestDirSync(t *testing.T) {
 		t.Fatalf("%d directory fsyncs for a truncation, want 1", got-base)
 	}
 }
+
+// TestConcurrentTruncate truncates while writers append and readers read
+// and scan: a read gets its record or ErrNotFound, never anything else.
+func TestConcurrentTruncate(t *testing.T) {
+	dir := t.TempDir()
+	opts := wal.Options{SegmentSize: 4096}
+	l := openLog(t, dir, opts)
+	var (
+		acked   sync.Map // index → record
+		writers sync.WaitGroup
+		others  sync.WaitGroup
+		stop    = make(chan struct{})
+		errc    = make(chan error, 16)
+	)
+	for g := range 8 {
+		writers.Go(func() {
+			for i := range 300 {
+				rec := fmt.Appendf(nil, "w%d-%d-%s", g, i, strings.Repeat("z", i%50))
+				first, _, err := l.Append(context.Background(), rec)
+				if err != nil {
+					errc <- err
+					return
+				}
+				acked.Store(first, rec)
+			}
+		})
+	}
+	others.Go(func() { // truncator
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if last := l.LastIndex(); last > 100 {
+				if err := l.TruncateFront(last - 100); err != nil {
+					errc <- fmt.Errorf("truncate: %w", err)
+					return
+				}
+			}
+		}
+	})
+	for r := range 3 {
+		others.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(r), 5))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				first, last := l.FirstIndex(), l.LastIndex()
+				if first == 0 {
+					continue
+				}
+				if r == 0 {
+					err := l.Scan(first, func(i uint64, rec []byte) error {
+						if want, ok := acked.Load(i); ok && !bytes.Equal(rec, want.([]byte)) {
+							return fmt.Errorf("scan: record %d is %q, want %q", i, rec, want)
+						}
+						return nil
+					})
+					if err != nil && !errors.Is(err, wal.ErrNotFound) {
+						errc <- err
+						return
+					}
+					continue
+				}
+				i := first + rng.Uint64N(last-first+1)
+				rec, err := l.Read(i)
+				if errors.Is(err, wal.ErrNotFound) {
+					continue
+				}
+				want, ok := acked.Load(i)
+				if err != nil || (ok && !bytes.Equal(rec, want.([]byte))) {
+					errc <- fmt.Errorf("read %d: %q, %v; want %q", i, rec, err, want)
+					return
+				}
+			}
+		})
+	}
+	writers.Wait()
+	close(stop)
+	others.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	first, last := l.FirstIndex(), l.LastIndex()
+	if last != 2400 || first <= 1 || first > last-100 {
+		t.Fatalf("indexes %d..%d, want ..2400, truncated, with at least 100 kept", first, last)
+	}
+	closeLog(t, l)
+	l = openLog(t, dir, opts)
+	defer closeLog(t, l)
+	if l.FirstIndex() != first || l.LastIndex() != last {
+		t.Fatalf("after reopen: %d..%d, want %d..%d", l.FirstIndex(), l.LastIndex(), first, last)
+	}
+	for i := first; i <= last; i++ {
+		want, _ := acked.Load(i)
+		if rec, err := l.Read(i); err != nil || !bytes.Equal(rec, want.([]byte)) {
+			t.Fatalf("read %d after reopen: %q, %v", i, rec, err)
+		}
+	}
+}
