@@ -299,7 +299,15 @@ type leased struct {
 // take leases up to max ready entries; called with mu held.
 func (q *queue) take(max int, now int64, lease time.Duration, out []leased) []leased {
 	s := q.src
+	var cutoff int64 = -1 << 63
+	if q.cfg.MaxAge > 0 {
+		cutoff = now - int64(q.cfg.MaxAge)
+	}
 	grab := func(i uint64, e *entry) {
+		if e.enq <= cutoff { // too old: a ready message the max-age scan has passed
+			q.expire(i, e)
+			return
+		}
 		e.attempt++
 		s.set(e, stLeased)
 		e.vis = now + int64(lease)
