@@ -359,3 +359,53 @@ func TestAppendCancelWhileWaiting(t *testing.T) {
 		t.Fatalf("modifying a returned record changed the log: %q", again)
 	}
 }
+
+// TestTruncateReopensTidwall: after enough removed segments tidwall/wal is
+// reopened to forget them, without disturbing reads, appends or rolls.
+func TestTruncateReopensTidwall(t *testing.T) {
+	dir := t.TempDir()
+	l, err := Open(dir, Options{SegmentSize: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	l.truncMu.Lock()
+	l.reopenAfter = 2
+	l.truncMu.Unlock()
+	ctx := context.Background()
+	rec := func(i uint64) []byte { return fmt.Appendf(nil, "record-%d-%s", i, bytes.Repeat([]byte("p"), int(i%90))) }
+	next := uint64(1)
+	for round := range 10 {
+		for range 40 {
+			if _, _, err := l.Append(ctx, rec(next)); err != nil {
+				t.Fatal(err)
+			}
+			next++
+		}
+		if err := l.TruncateFront(next - 15); err != nil {
+			t.Fatal(err)
+		}
+		checkSegs(t, l, dir)
+		l.readMu.Lock()
+		twFirst, err := l.tw.FirstIndex()
+		l.readMu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if twFirst > l.FirstIndex() {
+			t.Fatalf("tidwall/wal starts at %d, the log at %d", twFirst, l.FirstIndex())
+		}
+		for i := l.FirstIndex(); i < next; i++ {
+			got, err := l.Read(i)
+			if err != nil || !bytes.Equal(got, rec(i)) {
+				t.Fatalf("round %d: read %d: %q, %v", round, i, got, err)
+			}
+		}
+	}
+	l.readMu.Lock()
+	twFirst, _ := l.tw.FirstIndex()
+	l.readMu.Unlock()
+	if twFirst == 1 {
+		t.Fatal("tidwall/wal was never reopened: it still starts at 1")
+	}
+}

@@ -131,6 +131,10 @@ type Log struct {
 	// truncMu is held exclusively while TruncateFront removes segment
 	// files, and shared while Scan reads one.
 	truncMu sync.RWMutex
+	// removed counts segments TruncateFront removed that tidwall/wal still
+	// lists in memory; past reopenAfter the writer reopens tidwall/wal to
+	// forget them. Guarded by truncMu.
+	removed, reopenAfter int
 
 	w writer // owned by the writer goroutine
 }
@@ -188,9 +192,11 @@ func Open(dir string, opts Options) (*Log, error) {
 		fs:   opts.FS,
 		log:  opts.Logger.With().Str("component", "wal").Str("dir", dir).Logger(),
 		reqs: make(chan *appendReq, 1024),
-		ops:  make(chan func()),
-		quit: make(chan struct{}),
-		done: make(chan struct{}),
+
+		reopenAfter: 1024,
+		ops:         make(chan func()),
+		quit:        make(chan struct{}),
+		done:        make(chan struct{}),
 	}
 	if err := l.fs.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("wal: create %s: %w", dir, err)
@@ -222,22 +228,30 @@ func (l *Log) openLocked() error {
 	if err != nil {
 		return err
 	}
-	l.tw, err = tidwall.Open(l.dir, &tidwall.Options{
-		NoSync:      true, // durability is ours: see writer.commit
-		SegmentSize: l.opts.SegmentSize,
-		NoCopy:      true, // Read copies the payload itself
-		AllowEmpty:  true, // segment-aligned TruncateFront may empty the log
-		DirPerms:    0o750,
-		FilePerms:   0o640,
-	})
+	l.tw, err = l.openTidwall()
 	if err != nil {
-		return fmt.Errorf("wal: open %s: %w", l.dir, err)
+		return err
 	}
 	if err := l.start(rec); err != nil {
 		_ = l.tw.Close()
 		return err
 	}
 	return nil
+}
+
+func (l *Log) openTidwall() (*tidwall.Log, error) {
+	tw, err := tidwall.Open(l.dir, &tidwall.Options{
+		NoSync:      true, // durability is ours: see Log.write
+		SegmentSize: l.opts.SegmentSize,
+		NoCopy:      true, // Read copies the payload itself
+		AllowEmpty:  true, // TruncateFront may leave only an empty tail segment
+		DirPerms:    0o750,
+		FilePerms:   0o640,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("wal: open %s: %w", l.dir, err)
+	}
+	return tw, nil
 }
 
 // start checks tidwall/wal agrees with recover and prepares the writer.
@@ -543,12 +557,43 @@ func (l *Log) TruncateFront(index uint64) error {
 		l.segs = l.segs[1:]
 		l.segMu.Unlock()
 		removed = true
+		l.removed++
 	}
 	if removed {
 		if err := l.fs.SyncDir(l.dir); err != nil {
 			return fmt.Errorf("wal: truncate front: sync dir: %w", err)
 		}
 	}
+	if l.removed >= l.reopenAfter {
+		errc := make(chan error, 1)
+		l.ops <- func() { errc <- l.reopenTidwall() }
+		if err := <-errc; err != nil {
+			return err
+		}
+		l.removed = 0
+	}
+	return nil
+}
+
+// reopenTidwall runs on the writer: it reopens tidwall/wal so that it
+// forgets the segments TruncateFront removed (it would list them, a few
+// dozen bytes each, for as long as the log is open). It costs a read of the
+// tail segment. Reads wait meanwhile; appends are not running (this is the
+// writer).
+func (l *Log) reopenTidwall() error {
+	if f := l.failed.Load(); f != nil {
+		return *f
+	}
+	l.readMu.Lock()
+	defer l.readMu.Unlock()
+	if err := l.tw.Close(); err != nil {
+		return l.fail(fmt.Errorf("reopen tidwall/wal: %w", err))
+	}
+	tw, err := l.openTidwall()
+	if err != nil {
+		return l.fail(err)
+	}
+	l.tw = tw
 	return nil
 }
 
