@@ -36,6 +36,8 @@ const (
 	MaxNameLen = 128
 	// maxLease bounds leases, nack delays and visibility timeouts so deadlines cannot overflow.
 	maxLease = 7 * 24 * time.Hour
+	// maxAttempts bounds MaxAttempts (attempt counts are 16 bits in the index).
+	maxAttempts = 10000
 	// maxReceive bounds how many messages one Receive returns.
 	maxReceive = 10000
 )
@@ -148,8 +150,8 @@ func (c Config) validate() error {
 	switch {
 	case c.VisibilityTimeout < 0 || c.VisibilityTimeout > maxLease:
 		return bad("visibility_timeout", c.VisibilityTimeout, "must be between 0 and 168h")
-	case c.MaxAttempts < 0:
-		return bad("max_attempts", c.MaxAttempts, "must not be negative")
+	case c.MaxAttempts < 0 || c.MaxAttempts > maxAttempts:
+		return bad("max_attempts", c.MaxAttempts, fmt.Sprintf("must be between 0 and %d", maxAttempts))
 	case c.Backoff.Initial < 0 || c.Backoff.Initial > maxLease:
 		return bad("backoff.initial", c.Backoff.Initial, "must be between 0 and 168h")
 	case c.Backoff.Max < 0 || c.Backoff.Max > maxLease:

@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 func sampleRecord() *record {
@@ -144,4 +145,10 @@ func FuzzDecodeReceipt(f *testing.F) {
 			t.Fatalf("receipt %q decodes but re-encodes to %q", s, encodeReceipt(r))
 		}
 	})
+}
+
+func TestEntrySize(t *testing.T) {
+	if n := unsafe.Sizeof(entry{}); n != 24 {
+		t.Fatalf("index entry is %d bytes, want 24 (memory per queued message)", n)
+	}
 }

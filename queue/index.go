@@ -10,13 +10,13 @@ const (
 	stGone                 // acked, dead-lettered, dropped, expired, purged or redriven
 )
 
-// entry is the in-memory index of one message: 32 bytes. The log index is implicit (its position),
+// entry is the in-memory index of one message: 24 bytes. The log index is implicit (its position),
 // the payload stays on disk.
 type entry struct {
 	enq     int64  // enqueued at, unix ns (from the record header)
 	vis     int64  // lease deadline or delay end, unix ns
 	size    uint32 // encoded record size
-	attempt uint32 // deliveries so far
+	attempt uint16 // deliveries so far (MaxAttempts ≤ 10000)
 	state   uint8
 }
 

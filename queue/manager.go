@@ -369,8 +369,8 @@ func (m *Manager) leasedEntry(q *queue, s string) (uint64, *entry, error) {
 	switch {
 	case e.state == stAbsent:
 		return 0, nil, fmt.Errorf("%w: no such message", ErrInvalidReceipt)
-	case e.attempt != r.attempt || e.state != stLeased:
-		if e.attempt < r.attempt {
+	case uint32(e.attempt) != r.attempt || e.state != stLeased:
+		if uint32(e.attempt) < r.attempt {
 			return 0, nil, fmt.Errorf("%w: no such delivery", ErrInvalidReceipt)
 		}
 		return 0, nil, fmt.Errorf("%w: lease expired, message settled or delivered again", ErrStaleReceipt)
@@ -445,7 +445,7 @@ func (m *Manager) Extend(q string, receipts []string, lease time.Duration) ([]er
 	}
 	return m.settle(q, receipts, func(qu *queue, i uint64, e *entry, now int64) {
 		e.vis = now + int64(lease)
-		qu.timers.push(timer{vis: e.vis, index: i, attempt: e.attempt})
+		qu.timers.push(timer{vis: e.vis, index: i, attempt: uint32(e.attempt)})
 		qu.pend = appendEvent(qu.pend, event{kind: evLease, index: i, attempt: uint64(e.attempt), vis: e.vis})
 	})
 }

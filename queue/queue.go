@@ -99,7 +99,7 @@ func openQueue(m *Manager, name string, cfg Config) (*queue, error) {
 	q.cursor, q.ttl = src.idx.start, src.idx.start
 	for i := src.idx.start; i < src.idx.end; i++ {
 		if e := src.idx.at(i); e.state == stLeased || e.state == stDelayed {
-			q.timers.push(timer{vis: e.vis, index: i, attempt: e.attempt})
+			q.timers.push(timer{vis: e.vis, index: i, attempt: uint32(e.attempt)})
 		}
 	}
 	for _, fc := range []struct {
@@ -189,7 +189,7 @@ func (q *queue) advance(now int64) {
 			continue
 		}
 		e := s.idx.at(t.index)
-		if e.attempt != t.attempt || e.vis != t.vis {
+		if uint32(e.attempt) != t.attempt || e.vis != t.vis {
 			continue // extended, redelivered or settled since
 		}
 		switch e.state {
@@ -272,7 +272,7 @@ func (q *queue) failed(i uint64, e *entry, now int64, delay time.Duration, reaso
 	}
 	logIt := delay >= 0
 	if delay <= 0 {
-		delay = q.cfg.Backoff.backoff(e.attempt, q.rng.Float64())
+		delay = q.cfg.Backoff.backoff(uint32(e.attempt), q.rng.Float64())
 	}
 	e.vis = now + int64(delay)
 	if delay <= 0 {
@@ -283,7 +283,7 @@ func (q *queue) failed(i uint64, e *entry, now int64, delay time.Duration, reaso
 		q.wakeWaiters()
 	} else {
 		q.src.set(e, stDelayed)
-		q.timers.push(timer{vis: e.vis, index: i, attempt: e.attempt})
+		q.timers.push(timer{vis: e.vis, index: i, attempt: uint32(e.attempt)})
 	}
 	if logIt {
 		q.pend = appendEvent(q.pend, event{kind: evDelay, index: i, attempt: uint64(e.attempt), vis: e.vis})
@@ -311,8 +311,8 @@ func (q *queue) take(max int, now int64, lease time.Duration, out []leased) []le
 		e.attempt++
 		s.set(e, stLeased)
 		e.vis = now + int64(lease)
-		q.timers.push(timer{vis: e.vis, index: i, attempt: e.attempt})
-		out = append(out, leased{i, e.attempt, e.enq})
+		q.timers.push(timer{vis: e.vis, index: i, attempt: uint32(e.attempt)})
+		out = append(out, leased{i, uint32(e.attempt), e.enq})
 	}
 	for len(out) < max && len(q.retry) > 0 {
 		i := q.retry[0]
@@ -470,7 +470,8 @@ func (q *queue) maybeCheckpoint(force bool) {
 	due := force || time.Since(q.lastCP) >= cpEveryTime
 	var todo []*store
 	for _, s := range []*store{q.src, q.dead} {
-		if s.events >= cpEveryEvents || (due && s.events > 0) {
+		// A snapshot walks the whole backlog: with a big one, wait for more ack-log records.
+		if s.events >= max(cpEveryEvents, int(s.live()/256)) || (due && s.events > 0) {
 			todo = append(todo, s)
 		}
 	}
@@ -543,7 +544,7 @@ func (q *queue) moveBatch(items []dyingItem) error {
 	var attempts []uint32
 	q.mu.Lock()
 	for _, it := range items {
-		attempts = append(attempts, q.src.idx.at(it.index).attempt)
+		attempts = append(attempts, uint32(q.src.idx.at(it.index).attempt))
 	}
 	q.mu.Unlock()
 	for k, it := range items {

@@ -220,10 +220,10 @@ func (s *store) applyState(i uint64, st uint8, attempt uint32, vis int64) (beyon
 		return i >= s.idx.end
 	}
 	e := s.idx.at(i)
-	if e.state == stGone || e.state == stAbsent || attempt < e.attempt {
+	if e.state == stGone || e.state == stAbsent || attempt < uint32(e.attempt) {
 		return false
 	}
-	e.attempt, e.vis = attempt, vis
+	e.attempt, e.vis = uint16(min(attempt, maxAttempts)), vis
 	s.set(e, st)
 	return false
 }
@@ -264,12 +264,12 @@ func (s *store) snapshot(now int64) (data []byte, acksIndex uint64) {
 		case stGone:
 			w.gone(i)
 		case stLeased, stDelayed:
-			w.state(i, e.state, e.attempt, e.vis)
+			w.state(i, e.state, uint32(e.attempt), e.vis)
 		case stDying:
-			w.state(i, stLeased, e.attempt, now)
+			w.state(i, stLeased, uint32(e.attempt), now)
 		case stReady:
 			if e.attempt > 0 {
-				w.state(i, stReady, e.attempt, 0)
+				w.state(i, stReady, uint32(e.attempt), 0)
 			}
 		}
 	}
