@@ -50,7 +50,7 @@
 // segments below the oldest live message are removed, so disk use follows the backlog.
 //
 // Recovery (Open) reads the checkpoint, scans only the fixed header of every message record in the
-// log (the payloads stay on disk; the in-memory index costs 32 bytes per message) and replays the
+// log (the payloads stay on disk; the in-memory index costs 24 bytes per message) and replays the
 // ack log after the checkpoint. Every durably enqueued message that was not acked is delivered
 // again, with its attempt count as far as the ack state got; leases taken before the restart run
 // to their deadline. A damaged checkpoint or a damaged record in the middle of a log is a

@@ -596,6 +596,20 @@ func TestCorruption(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, false},
+		{"checkpoint missing, ack log torn tail", func(t *testing.T, qdir string) {
+			if err := os.Remove(filepath.Join(qdir, "checkpoint")); err != nil {
+				t.Fatal(err)
+			}
+			segs, _ := filepath.Glob(filepath.Join(qdir, "acks", "0*"))
+			last := segs[len(segs)-1]
+			fi, err := os.Stat(last)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(last, fi.Size()-3); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -620,7 +634,9 @@ func TestCorruption(t *testing.T) {
 				}
 				e.m = m
 				t.Cleanup(func() { _ = m.Close() })
-				if got := payloads(e.receive(10, 0)); got != "kept" {
+				// A lost ack-state record may bring back the message it settled ("dead":
+				// its dead letter was written first); nothing acked earlier, nothing lost.
+				if got := payloads(e.receive(10, 0)); got != "kept" && got != "dead,kept" {
 					t.Fatalf("recovered %q, want kept", got)
 				}
 				if dl, _ := e.m.PeekDead(qn, 10); len(dl) != 1 {

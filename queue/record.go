@@ -60,7 +60,7 @@ type DeadLetter struct {
 //	       if dead letter: uv attempts, deadAt int64, uv reason,
 //	       uv payload (must end the record)
 //
-// Recovery reads only the fixed 30-byte header.
+// Recovery reads only the fixed 31-byte header.
 const (
 	recVersion    = 1
 	recHeaderLen  = 31
