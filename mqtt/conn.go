@@ -58,6 +58,7 @@ type conn struct {
 	waiters   atomic.Int32
 	sentMu    sync.Mutex
 	sentCh    chan struct{} // closed and replaced when the writer sends a packet and someone waits
+	saturated atomic.Bool   // in-flight window full (backpressure policy)
 }
 
 func newConn(inner net.Conn, srv *Server, ln *listener) *conn {

@@ -23,7 +23,8 @@ func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mochi.OnConnect, mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnSessionEstablish,
 		mochi.OnSessionEstablished, mochi.OnPacketRead, mochi.OnPacketSent, mochi.OnPublishDropped,
-		mochi.OnQosDropped, mochi.OnPacketEncode:
+		mochi.OnQosDropped, mochi.OnPacketEncode, mochi.OnQosPublish, mochi.OnQosComplete,
+		mochi.OnDisconnect, mochi.OnPublish:
 		return true
 	}
 	return false
@@ -92,12 +93,18 @@ func (h *hook) OnSessionEstablish(cl *mochi.Client, _ packets.Packet) {
 	}
 }
 
-// OnSessionEstablished gives MQTT 3 clients, which have no Receive Maximum, an outbound window
-// of MaxInflight so mochi's flow control bounds their queue as it does for MQTT 5 clients.
+// OnSessionEstablished switches off mochi's outbound send quota. In mochi v2.7.9 that mechanism
+// (a) deadlocks: processPacket calls Inflight.NextImmediate, which read-locks the in-flight store
+// and calls GetAll, which read-locks it again — a publisher's Inflight.Set waiting in between
+// blocks both forever (seen in BenchmarkFanIn within seconds); and (b) leaks quota: a message
+// parked at quota 0 is deleted from the in-flight store once sent, so its PUBACK never returns the
+// quota and the session stalls after Receive Maximum of them. With the quota off, outbound
+// QoS 1/2 messages are bounded by MaxInflight per client (beyond it they are dropped and counted
+// as reason inflight_full) and by MaxPendingWrites; the client's Receive Maximum is honoured under
+// the backpressure policy (publishers wait while a subscriber has that many unacked), and
+// otherwise only approximately (paho clients queue the excess, they do not fail).
 func (h *hook) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
-	if cl.Properties.ProtocolVersion < 5 {
-		cl.State.Inflight.ResetSendQuota(int32(h.s.opts.Limits.MaxInflight))
-	}
+	cl.State.Inflight.ResetSendQuota(0)
 }
 
 // OnACLCheck applies the ACL: write = publish; otherwise a SUBSCRIBE filter or the topic of a
@@ -129,13 +136,13 @@ func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet
 	if pk.FixedHeader.Type != packets.Publish {
 		return pk, nil
 	}
+	c := connOf(cl)
 	lim := &h.s.opts.Limits
 	if len(pk.TopicName) > lim.MaxTopicLength || strings.Count(pk.TopicName, "/")+1 > lim.MaxTopicLevels {
 		// Only ErrRejectPacket makes mochi drop the packet (other hook errors are ignored); the
 		// read loop then ends and the connection is closed.
 		return pk, fmt.Errorf("%w: %w", packets.ErrRejectPacket, h.disconnect(cl, packets.ErrTopicNameInvalid))
 	}
-	c := connOf(cl)
 	if lim.PublishRate > 0 && c != nil {
 		now := time.Now()
 		if c.lastFill.IsZero() {
@@ -173,12 +180,112 @@ func (h *hook) disconnect(cl *mochi.Client, code packets.Code) error {
 
 // OnPacketSent counts outbound messages and wakes publishers held by backpressure.
 func (h *hook) OnPacketSent(cl *mochi.Client, pk packets.Packet, _ []byte) {
-	if pk.FixedHeader.Type == packets.Publish {
-		h.s.metrics.out(pk.FixedHeader.Qos, len(pk.Payload))
+	if pk.FixedHeader.Type != packets.Publish {
+		return
 	}
+	h.s.metrics.out(pk.FixedHeader.Qos, len(pk.Payload))
 	if c := connOf(cl); c != nil {
 		c.notifySent()
 	}
+}
+
+// window is the number of unacked QoS 1/2 messages at which backpressure holds publishers to cl:
+// its Receive Maximum, but at most 3/4 of MaxInflight so that publishes already being routed when
+// the window fills do not hit mochi's in-flight limit (where they would be dropped).
+func (h *hook) window(cl *mochi.Client) int {
+	limit := max(1, int(h.s.opts.Limits.MaxInflight)*3/4)
+	w := int(cl.Properties.Props.ReceiveMaximum)
+	if w == 0 || w > limit {
+		w = limit
+	}
+	return w
+}
+
+// OnQosPublish marks a connected subscriber whose in-flight window is full as saturated
+// (backpressure policy).
+func (h *hook) OnQosPublish(cl *mochi.Client, pk packets.Packet, _ int64, _ int) {
+	if h.s.opts.Slow.Policy != PolicyBackpressure || pk.FixedHeader.Type != packets.Publish {
+		return
+	}
+	if c := connOf(cl); c != nil && !cl.Closed() && cl.State.Inflight.Len() >= h.window(cl) {
+		if c.saturated.CompareAndSwap(false, true) {
+			h.s.satCount.Add(1)
+		}
+	}
+}
+
+// OnQosComplete clears saturation once the window is half empty.
+func (h *hook) OnQosComplete(cl *mochi.Client, _ packets.Packet) {
+	if c := connOf(cl); c != nil && c.saturated.Load() && cl.State.Inflight.Len() < h.window(cl)/2 {
+		h.unsaturate(c)
+	}
+}
+
+func (h *hook) unsaturate(c *conn) {
+	if c.saturated.CompareAndSwap(true, false) {
+		h.s.satCount.Add(-1)
+		h.s.satMu.Lock()
+		close(h.s.satCh)
+		h.s.satCh = make(chan struct{})
+		h.s.satMu.Unlock()
+	}
+}
+
+// OnDisconnect clears saturation of a departing client.
+func (h *hook) OnDisconnect(cl *mochi.Client, _ error, _ bool) {
+	if c := connOf(cl); c != nil {
+		h.unsaturate(c)
+	}
+}
+
+// OnPublish holds a publisher, under the backpressure policy, while a connected subscriber of the
+// topic has a full in-flight window: its reader goroutine waits before mochi acks and routes the
+// message, so the publisher's own window fills and it slows to the subscriber's pace. A subscriber
+// saturated for DisconnectAfter is disconnected (MQTT 5: 0x97) and the publisher goes on.
+func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	s := h.s
+	if s.opts.Slow.Policy != PolicyBackpressure || s.satCount.Load() == 0 {
+		return pk, nil
+	}
+	deadline := time.Now().Add(s.opts.Slow.DisconnectAfter)
+	for s.satCount.Load() > 0 {
+		var stuck *mochi.Client
+		for id := range s.mochi.Topics.Subscribers(pk.TopicName).Subscriptions {
+			if id == cl.ID {
+				continue
+			}
+			if sc, ok := s.mochi.Clients.Get(id); ok {
+				if c := connOf(sc); c != nil && c.saturated.Load() && !sc.Closed() {
+					stuck = sc
+					break
+				}
+			}
+		}
+		if stuck == nil {
+			return pk, nil
+		}
+		if time.Now().After(deadline) {
+			s.metrics.slowDisconnect()
+			if c := connOf(stuck); c != nil {
+				h.unsaturate(c)
+			}
+			_ = s.mochi.DisconnectClient(stuck, packets.ErrQuotaExceeded)
+			return pk, nil
+		}
+		s.satMu.Lock()
+		ch := s.satCh
+		s.satMu.Unlock()
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ch:
+		case <-t.C:
+		case <-s.stopping:
+			t.Stop()
+			return pk, nil
+		}
+		t.Stop()
+	}
+	return pk, nil
 }
 
 // OnPacketEncode
@@ -210,9 +317,9 @@ func (h *hook) OnQosDropped(cl *mochi.Client, pk packets.Packet) {
 // OnPublishDropped runs on the publisher's goroutine when a subscriber's outbound queue is full
 // (mochi has already acked the publisher). Policy:
 //   - QoS 0 is dropped and counted.
-//   - QoS 1/2 is parked in the subscriber's session (in-flight store, persisted with the session)
-//     and sent when the subscriber acks earlier messages; dropped and counted only if the in-flight
-//     store is full (MaxInflight).
+//   - QoS 1/2 is kept in the subscriber's session (in-flight store, persisted with a persistent
+//     session) and redelivered when the client reconnects; counted as slow_subscriber_deferred.
+//     It is dropped (and counted) only if the in-flight store is full (MaxInflight).
 //   - "backpressure" first holds the publisher until the subscriber's writer makes progress
 //     (bounded), which slows publishers to the pace of the slowest subscriber.
 //   - "disconnect" and "backpressure" disconnect a subscriber whose queue stays full for
@@ -239,7 +346,9 @@ func (h *hook) OnPublishDropped(cl *mochi.Client, pk packets.Packet) {
 	if qos == 0 {
 		s.metrics.drop(dropSlowQoS0)
 		s.logDrop(cl, pk, dropSlowQoS0)
-	} else if !h.park(cl, pk, qos) {
+	} else if h.park(cl, pk, qos) {
+		s.metrics.drop(dropDeferred)
+	} else {
 		s.metrics.drop(dropInflightFull)
 		s.logDrop(cl, pk, dropInflightFull)
 	}
@@ -280,8 +389,8 @@ func (h *hook) subscriptionQoS(cl *mochi.Client, pk packets.Packet) byte {
 	return min(best, pk.FixedHeader.Qos)
 }
 
-// park stores a QoS 1/2 message in cl's in-flight store, marked for sending when the client's
-// send quota allows (mochi's own mechanism for messages beyond the client's Receive Maximum).
+// park stores a QoS 1/2 message in cl's in-flight store, from which mochi resends it when the
+// client reconnects (and, for a persistent session, after a restart).
 func (h *hook) park(cl *mochi.Client, pk packets.Packet, qos byte) bool {
 	if cl.State.Inflight.Len() >= int(h.s.opts.Limits.MaxInflight) {
 		return false
@@ -294,7 +403,6 @@ func (h *hook) park(cl *mochi.Client, pk packets.Packet, qos byte) bool {
 	out.FixedHeader.Qos = qos
 	out.FixedHeader.Retain = false
 	out.PacketID = uint16(id)
-	out.Expiry = -1
 	if !cl.State.Inflight.Set(out) {
 		return false
 	}

@@ -6,13 +6,15 @@ import (
 	"sync/atomic"
 
 	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/system"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Drop reasons (label "reason" of sluice_mqtt_dropped_messages_total).
 const (
 	dropSlowQoS0     = "slow_subscriber_qos0"     // QoS 0 message to a subscriber whose queue was full
-	dropInflightFull = "slow_subscriber_inflight" // QoS 1/2 message to a full queue whose in-flight store was full too
+	dropDeferred     = "slow_subscriber_deferred" // QoS 1/2 message to a full queue, kept for redelivery on reconnect (not lost)
+	dropInflightFull = "inflight_full"            // QoS 1/2 message to a subscriber with MaxInflight unacked messages
 	dropQoSExpired   = "qos_dropped"              // in-flight QoS 1/2 message dropped by mochi (expiry, clean session end)
 	dropNotRouted    = "acl_denied_publish"       // publish denied by ACL, not routed
 )
@@ -59,7 +61,7 @@ func newMetrics(reg prometheus.Registerer, ms *mochi.Server, srv *Server) (*metr
 	}
 	m.dropped = counterVec("dropped_messages_total", "Messages not delivered to a subscriber or not routed, by reason.", "reason")
 	m.droppedByReason = map[string]prometheus.Counter{}
-	for _, r := range []string{dropSlowQoS0, dropInflightFull, dropQoSExpired, dropNotRouted} {
+	for _, r := range []string{dropSlowQoS0, dropDeferred, dropInflightFull, dropQoSExpired, dropNotRouted} {
 		m.droppedByReason[r] = m.dropped.WithLabelValues(r)
 	}
 	m.authFailures = counterVec("auth_failures_total", "Connections refused by authentication, by reason.", "reason")
@@ -77,6 +79,8 @@ func newMetrics(reg prometheus.Registerer, ms *mochi.Server, srv *Server) (*metr
 		gauge("sessions", "Sessions known to the broker, connected or not.", func() float64 { return float64(ms.Clients.Len()) }),
 		gauge("subscriptions", "Subscriptions.", func() float64 { return float64(atomic.LoadInt64(&info.Subscriptions)) }),
 		gauge("retained_messages", "Retained messages.", func() float64 { return float64(ms.Topics.Retained.Len()) }),
+		&mochiDrops{desc: prometheus.NewDesc(ns+"_"+sub+"_inflight_full_dropped_total",
+			"QoS 1/2 messages mochi dropped because the subscriber had MaxInflight unacked messages.", nil, nil), info: info},
 		gauge("inflight_messages", "QoS 1/2 messages in flight.", func() float64 { return float64(atomic.LoadInt64(&info.Inflight)) }),
 	}
 	for _, c := range cs {
@@ -149,4 +153,16 @@ func (m *metrics) slowDisconnect() {
 	if m != nil {
 		m.slowDisconnects.Inc()
 	}
+}
+
+// mochiDrops exports mochi's own count of messages dropped at the in-flight limit (mochi counts
+// them in Info.InflightDropped and calls no hook).
+type mochiDrops struct {
+	desc *prometheus.Desc
+	info *system.Info
+}
+
+func (m *mochiDrops) Describe(ch chan<- *prometheus.Desc) { ch <- m.desc }
+func (m *mochiDrops) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(m.desc, prometheus.CounterValue, float64(atomic.LoadInt64(&m.info.InflightDropped)))
 }

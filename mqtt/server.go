@@ -32,6 +32,10 @@ type Server struct {
 	conns     atomic.Int64 // admitted, not yet closed network connections
 	stopping  chan struct{}
 
+	satCount atomic.Int32 // connected subscribers with a full in-flight window (backpressure)
+	satMu    sync.Mutex
+	satCh    chan struct{} // closed when a subscriber stops being saturated
+
 	mu       sync.Mutex
 	started  bool
 	closed   bool
@@ -60,6 +64,7 @@ func New(opts Options) (*Server, error) {
 		auth:     newAuthenticator(o.Users, o.ACL),
 		byName:   map[string]*listener{},
 		stopping: make(chan struct{}),
+		satCh:    make(chan struct{}),
 	}
 	for _, lc := range o.Listeners {
 		l := &listener{srv: s, cfg: lc}

@@ -1,0 +1,354 @@
+package mqtt
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The benchmarks drive the broker through its real TCP listener with lean raw MQTT 5 clients (a
+// paho client per publisher costs more CPU than the broker on a 2-core machine): publishers keep
+// up to `window` QoS 1 messages in flight, the subscriber acks in batches. Figures are messages
+// delivered to subscribers per second; "lost" counts messages acked to a publisher but never
+// delivered.
+
+const benchPayload = 64
+
+type rawClient struct {
+	nc net.Conn
+	br *bufio.Reader
+	bw *bufio.Writer
+}
+
+func rawDial(tb testing.TB, addr, id string, expiry uint32, recvMax uint16) *rawClient {
+	tb.Helper()
+	nc, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c := &rawClient{nc: nc, br: bufio.NewReaderSize(nc, 64<<10), bw: bufio.NewWriterSize(nc, 64<<10)}
+	var props []byte
+	if expiry > 0 {
+		props = append(props, 0x11, byte(expiry>>24), byte(expiry>>16), byte(expiry>>8), byte(expiry))
+	}
+	if recvMax > 0 {
+		props = append(props, 0x21, byte(recvMax>>8), byte(recvMax))
+	}
+	flags := byte(0x02)
+	if expiry > 0 {
+		flags = 0
+	}
+	var vh []byte
+	vh = append(vh, 0, 4, 'M', 'Q', 'T', 'T', 5, flags, 0, 60, byte(len(props)))
+	vh = append(vh, props...)
+	vh = append(vh, byte(len(id)>>8), byte(len(id)))
+	vh = append(vh, id...)
+	c.bw.Write(append([]byte{0x10}, encodeLen(len(vh))...))
+	c.bw.Write(vh)
+	c.bw.Flush()
+	_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	typ, body, err := c.readPacket()
+	if err != nil || typ != 0x20 || body[1] != 0 {
+		tb.Fatalf("connect %s: type %#x body %x err %v", id, typ, body, err)
+	}
+	_ = nc.SetReadDeadline(time.Time{})
+	return c
+}
+
+func (c *rawClient) readPacket() (byte, []byte, error) {
+	h, err := c.br.ReadByte()
+	if err != nil {
+		return 0, nil, err
+	}
+	n, mul := 0, 1
+	for {
+		b, err := c.br.ReadByte()
+		if err != nil {
+			return 0, nil, err
+		}
+		n += int(b&0x7f) * mul
+		if b&0x80 == 0 {
+			break
+		}
+		mul *= 128
+	}
+	body := make([]byte, n)
+	_, err = io.ReadFull(c.br, body)
+	return h, body, err
+}
+
+func (c *rawClient) subscribe(tb testing.TB, filter string, qos byte) {
+	tb.Helper()
+	p := []byte{0, 1, 0, byte(len(filter) >> 8), byte(len(filter))}
+	p = append(p, filter...)
+	p = append(p, qos)
+	c.bw.Write(append([]byte{0x82}, encodeLen(len(p))...))
+	c.bw.Write(p)
+	c.bw.Flush()
+	typ, body, err := c.readPacket()
+	if err != nil || typ != 0x90 || body[len(body)-1] != qos {
+		tb.Fatalf("subscribe: %#x %x %v", typ, body, err)
+	}
+}
+
+// publishPacketID appends a QoS q PUBLISH (MQTT 5, no properties) to dst.
+func appendPublish(dst []byte, topic string, qos byte, id uint16, payload []byte) []byte {
+	rem := 2 + len(topic) + 1 + len(payload)
+	if qos > 0 {
+		rem += 2
+	}
+	dst = append(dst, 0x30|qos<<1)
+	dst = append(dst, encodeLen(rem)...)
+	dst = append(dst, byte(len(topic)>>8), byte(len(topic)))
+	dst = append(dst, topic...)
+	if qos > 0 {
+		dst = append(dst, byte(id>>8), byte(id))
+	}
+	dst = append(dst, 0)
+	return append(dst, payload...)
+}
+
+// runPublisher publishes n messages on c with at most window QoS 1 messages unacked and returns
+// how many were acked (for QoS 0: written).
+func runPublisher(c *rawClient, topic string, qos byte, n, window int) int64 {
+	payload := make([]byte, benchPayload)
+	if qos == 0 {
+		var buf []byte
+		for range n {
+			buf = appendPublish(buf[:0], topic, 0, 0, payload)
+			c.bw.Write(buf)
+		}
+		c.bw.Flush()
+		return int64(n)
+	}
+	sem := make(chan struct{}, window)
+	var acked atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for acked.Load() < int64(n) {
+			typ, body, err := c.readPacket()
+			if err != nil {
+				return
+			}
+			if typ>>4 == 4 && (len(body) < 3 || body[2] < 0x80) {
+				acked.Add(1)
+				<-sem
+			}
+		}
+	}()
+	var buf []byte
+	id := uint16(0)
+	for range n {
+		select {
+		case sem <- struct{}{}:
+		default:
+			c.bw.Flush()
+			sem <- struct{}{}
+		}
+		id++
+		if id == 0 {
+			id = 1
+		}
+		buf = appendPublish(buf[:0], topic, qos, id, payload)
+		c.bw.Write(buf)
+	}
+	c.bw.Flush()
+	<-done
+	return acked.Load()
+}
+
+// runSubscriber reads PUBLISH packets, acks QoS 1 ones (flushing when its input is drained), and
+// counts them until want arrive or no message arrives for idle.
+func runSubscriber(c *rawClient, got *atomic.Int64, want int64, idle time.Duration) {
+	for got.Load() < want {
+		_ = c.nc.SetReadDeadline(time.Now().Add(idle))
+		typ, body, err := c.readPacket()
+		if err != nil {
+			return
+		}
+		if typ>>4 != 3 {
+			continue
+		}
+		got.Add(1)
+		if qos := (typ >> 1) & 3; qos == 1 {
+			tl := int(binary.BigEndian.Uint16(body))
+			c.bw.Write([]byte{0x40, 2, body[2+tl], body[3+tl]})
+			if c.br.Buffered() == 0 {
+				c.bw.Flush()
+			}
+		}
+	}
+	c.bw.Flush()
+}
+
+type fanResult struct {
+	published, received int64
+	elapsed             time.Duration
+}
+
+// fan runs publishers → subscribers over srv: every subscriber subscribes to "bench/#".
+func fan(b *testing.B, srv *Server, qos byte, publishers, subscribers int, subExpiry uint32) fanResult {
+	addr := srv.Addr("tcp").String()
+	subs := make([]*rawClient, subscribers)
+	for i := range subs {
+		subs[i] = rawDial(b, addr, fmt.Sprintf("bsub-%d", i), subExpiry, 1000)
+		subs[i].subscribe(b, "bench/#", qos)
+	}
+	pubs := make([]*rawClient, publishers)
+	for i := range pubs {
+		pubs[i] = rawDial(b, addr, fmt.Sprintf("bpub-%d", i), 0, 0)
+	}
+	defer func() {
+		for _, c := range append(subs, pubs...) {
+			c.nc.Close()
+		}
+	}()
+	n := b.N
+	per := max(1, n/publishers)
+	total := int64(per * publishers)
+
+	counts := make([]atomic.Int64, subscribers)
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for i, s := range subs {
+		wg.Add(1)
+		go func() { defer wg.Done(); runSubscriber(s, &counts[i], total, 2*time.Second) }()
+	}
+	var published atomic.Int64
+	var pwg sync.WaitGroup
+	for i, p := range pubs {
+		pwg.Add(1)
+		go func() {
+			defer pwg.Done()
+			published.Add(runPublisher(p, fmt.Sprintf("bench/%d", i), qos, per, 256))
+		}()
+	}
+	pwg.Wait()
+	wg.Wait()
+	elapsed := time.Since(start)
+	var received int64
+	for i := range counts {
+		received += counts[i].Load()
+	}
+	return fanResult{published: published.Load() * int64(subscribers), received: received, elapsed: elapsed}
+}
+
+func report(b *testing.B, r fanResult) {
+	b.ReportMetric(float64(r.received)/r.elapsed.Seconds(), "msgs/s")
+	b.ReportMetric(float64(r.published-r.received), "lost")
+}
+
+func benchServer(b *testing.B, opts Options) *Server {
+	if opts.Limits.MaxInflight == 0 {
+		opts.Limits.MaxInflight = 1000
+	}
+	if opts.Limits.MaxPendingWrites == 0 {
+		opts.Limits.MaxPendingWrites = 1024
+	}
+	opts.Limits.ReceiveMaximum = 256
+	opts.Limits.MaxConnections = -1
+	return startServer(b, opts)
+}
+
+func BenchmarkFanIn(b *testing.B) {
+	for _, qos := range []byte{0, 1} {
+		b.Run(fmt.Sprintf("qos=%d/publishers=20", qos), func(b *testing.B) {
+			srv := benchServer(b, Options{})
+			report(b, fan(b, srv, qos, 20, 1, 0))
+		})
+	}
+}
+
+func BenchmarkFanOut(b *testing.B) {
+	for _, qos := range []byte{0, 1} {
+		for _, subs := range []int{10, 100} {
+			b.Run(fmt.Sprintf("qos=%d/subscribers=%d", qos, subs), func(b *testing.B) {
+				srv := benchServer(b, Options{})
+				report(b, fan(b, srv, qos, 1, subs, 0))
+			})
+		}
+	}
+}
+
+// BenchmarkQoS1FanIn measures the storage's cost on the QoS 1 path: 20 publishers → one subscriber
+// with a persistent session (so each message is written to and deleted from the in-flight store).
+func BenchmarkQoS1FanIn(b *testing.B) {
+	for _, st := range []string{"none", "bolt", "bolt-sync"} {
+		b.Run("storage="+st, func(b *testing.B) {
+			opts := Options{}
+			if st != "none" {
+				opts.StorageDir = b.TempDir()
+				opts.StorageSync = st == "bolt-sync"
+			}
+			srv := benchServer(b, opts)
+			report(b, fan(b, srv, 1, 20, 1, 3600))
+		})
+	}
+}
+
+// BenchmarkIdleConnections measures broker memory per idle MQTT 5 connection (CONNECT done, no
+// traffic): the growth of HeapInuse+StackInuse divided by the number of connections. The figure
+// includes the client side's socket objects (a few hundred bytes each): clients run in-process.
+func BenchmarkIdleConnections(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) {
+			var lim syscall.Rlimit
+			if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < lim.Max {
+				lim.Cur = lim.Max
+				_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+			}
+			if lim.Cur < uint64(2*n+100) {
+				b.Skipf("RLIMIT_NOFILE %d is too low for %d connections", lim.Cur, n)
+			}
+			srv := benchServer(b, Options{Limits: Limits{MaxPendingWrites: 256, MaxInflight: 256}})
+			addr := srv.Addr("tcp").String()
+			before := memInUse()
+			conns := make([]net.Conn, 0, n)
+			defer func() {
+				for _, c := range conns {
+					c.Close()
+				}
+			}()
+			for i := range n {
+				nc, err := net.Dial("tcp", addr)
+				if err != nil {
+					b.Fatalf("dial %d: %v", i, err)
+				}
+				pk := connectPacket(5, fmt.Sprintf("idle-%d", i))
+				if _, err := nc.Write(pk); err != nil {
+					b.Fatal(err)
+				}
+				ack := make([]byte, 2)
+				_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.ReadFull(nc, ack); err != nil {
+					b.Fatalf("connack %d: %v", i, err)
+				}
+				rest := make([]byte, ack[1])
+				io.ReadFull(nc, rest)
+				conns = append(conns, nc)
+			}
+			time.Sleep(200 * time.Millisecond) // let goroutines park
+			after := memInUse()
+			b.ReportMetric(float64(after-before)/float64(n), "bytes/conn")
+		})
+	}
+}
+
+func memInUse() uint64 {
+	var m runtime.MemStats
+	for range 3 {
+		runtime.GC()
+	}
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse + m.StackInuse
+}
