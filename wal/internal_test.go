@@ -373,7 +373,9 @@ func TestTruncateReopensTidwall(t *testing.T) {
 	l.reopenAfter = 2
 	l.truncMu.Unlock()
 	ctx := context.Background()
-	rec := func(i uint64) []byte { return fmt.Appendf(nil, "record-%d-%s", i, bytes.Repeat([]byte("p"), int(i%90))) }
+	rec := func(i uint64) []byte {
+		return fmt.Appendf(nil, "record-%d-%s", i, bytes.Repeat([]byte("p"), int(i%90)))
+	}
 	next := uint64(1)
 	for round := range 10 {
 		for range 40 {
