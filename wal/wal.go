@@ -105,8 +105,8 @@ type Log struct {
 	opts Options
 	fs   FS
 	log  zerolog.Logger
-	tw   *tidwall.Log
-	lock io.Closer // the directory's LOCK file
+	tw   *tidwall.Log // replaced only by the writer, holding readMu (reopenTidwall)
+	lock io.Closer    // the directory's LOCK file
 
 	reqs chan *appendReq // to the writer
 	ops  chan func()     // run on the writer between batches (tests inspect its state)
