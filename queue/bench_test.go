@@ -99,7 +99,7 @@ func BenchmarkEnqueueReceiveAck(b *testing.B) {
 // BenchmarkEnqueue measures durable enqueue (sync always) of single 256-byte messages by
 // concurrent writers sharing group commits.
 func BenchmarkEnqueue(b *testing.B) {
-	for _, writers := range []int{1, 10, 100} {
+	for _, writers := range []int{1, 10, 100, 1000} {
 		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
 			m := benchManager(b, queue.Config{})
 			tokens := make(chan struct{}, writers)

@@ -134,7 +134,7 @@ func TestKill(t *testing.T) {
 			close(lines)
 		}()
 		var killAt <-chan time.Time
-		started := false
+		started, killed := false, false
 		timeout := time.After(30 * time.Second)
 	read:
 		for {
@@ -159,12 +159,16 @@ func TestKill(t *testing.T) {
 			case <-killAt:
 				_ = cmd.Process.Signal(syscall.SIGKILL)
 				killAt = nil
+				killed = true
 			case <-timeout:
 				_ = cmd.Process.Kill()
 				t.Fatalf("round %d: worker did not start or die in time; stderr: %s", round, stderr.String())
 			}
 		}
-		_ = cmd.Wait()
+		if err := cmd.Wait(); !killed {
+			// It died on its own: a failure (or a race report under -race).
+			t.Fatalf("round %d: worker exited before the kill: %v; stderr: %s", round, err, stderr.String())
+		}
 		if !started {
 			t.Fatalf("round %d: worker printed nothing; stderr: %s", round, stderr.String())
 		}

@@ -325,7 +325,7 @@ func (m *Manager) Receive(ctx context.Context, q string, maxMsgs int, lease time
 			// Purged and reclaimed meanwhile: its lease does not matter any more.
 			continue
 		}
-		r, err := decodeRecord(b)
+		r, err := decodeRecordAlias(b, true) // b is our own copy
 		if err != nil {
 			return nil, &CorruptError{Path: filepath.Join(qu.src.dir, logDir), Index: g.index, Reason: "message record: " + err.Error()}
 		}
@@ -584,7 +584,7 @@ func (q *queue) readDead(i uint64) (*record, error) {
 		}
 		return nil, errSkip // removed meanwhile
 	}
-	r, err := decodeRecord(b)
+	r, err := decodeRecordAlias(b, true)
 	if err != nil {
 		return nil, &CorruptError{Path: filepath.Join(q.dead.dir, logDir), Index: i, Reason: "dead letter: " + err.Error()}
 	}

@@ -381,6 +381,20 @@ func TestDeadLetterAndRedrive(t *testing.T) {
 	}
 }
 
+func TestRedriveFull(t *testing.T) {
+	e := newEnv(t, queue.Config{MaxAttempts: 1, MaxMessages: 2})
+	e.enqueue("a", "b")
+	e.settle("nack", receipts(e.receive(2, 0)), nil)
+	e.enqueue("c")
+	n, err := e.m.Redrive(context.Background(), qn, nil)
+	if !errors.Is(err, queue.ErrFull) || n != 0 {
+		t.Fatalf("Redrive into a full queue = %d, %v; want 0, ErrFull", n, err)
+	}
+	if s := e.stats(); s.Dead != 2 || s.Ready != 1 {
+		t.Fatalf("stats %+v: dead letters must stay", s)
+	}
+}
+
 func TestDeadLetterOff(t *testing.T) {
 	off := false
 	e := newEnv(t, queue.Config{MaxAttempts: 1, DeadLetter: &off})

@@ -271,7 +271,11 @@ func (r *reader) u64() uint64 {
 }
 
 // decodeRecord decodes a whole record. The result does not alias b.
-func decodeRecord(b []byte) (*record, error) {
+func decodeRecord(b []byte) (*record, error) { return decodeRecordAlias(b, false) }
+
+// decodeRecordAlias decodes a whole record; with alias, payload and correlation data point into b,
+// which the caller then hands over.
+func decodeRecordAlias(b []byte, alias bool) (*record, error) {
 	h, err := decodeHeader(b)
 	if err != nil {
 		return nil, err
@@ -291,7 +295,10 @@ func decodeRecord(b []byte) (*record, error) {
 	m.Properties.ContentType = r.str()
 	m.Properties.ResponseTopic = r.str()
 	if cd := r.bytes(); len(cd) > 0 {
-		m.Properties.CorrelationData = append([]byte(nil), cd...)
+		m.Properties.CorrelationData = cd
+		if !alias {
+			m.Properties.CorrelationData = append([]byte(nil), cd...)
+		}
 	}
 	if flags&flagPFormat != 0 {
 		v := r.byte1()
@@ -323,6 +330,9 @@ func decodeRecord(b []byte) (*record, error) {
 	if len(r.b) != 0 {
 		return nil, errTrail
 	}
-	m.Payload = append([]byte{}, p...)
+	m.Payload = p
+	if !alias {
+		m.Payload = append([]byte{}, p...)
+	}
 	return rec, nil
 }
