@@ -33,7 +33,7 @@
 //
 // # On disk
 //
-//	<dir>/LOCK                     flock(2) held while open: a second Open fails with ErrLocked
+//	<dir>/.lock                    flock(2) held while open: a second Open fails with ErrLocked
 //	<dir>/<queue>/log/             wal of message records
 //	<dir>/<queue>/acks/            wal of ack-state records
 //	<dir>/<queue>/checkpoint       snapshot of the ack state

@@ -8,9 +8,9 @@ import (
 	"path/filepath"
 )
 
-const lockFile = "LOCK"
+const lockFile = ".lock" // queue names cannot start with a dot
 
-// lockDir creates dir/LOCK exclusively on systems without flock; a stale file after a crash must be
+// lockDir creates dir/.lock exclusively on systems without flock; a stale file after a crash must be
 // removed by hand (the error says so).
 func lockDir(dir string) (*os.File, error) {
 	p := filepath.Join(dir, lockFile)

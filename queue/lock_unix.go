@@ -10,9 +10,9 @@ import (
 	"syscall"
 )
 
-const lockFile = "LOCK"
+const lockFile = ".lock" // queue names cannot start with a dot
 
-// lockDir takes an exclusive flock on dir/LOCK. flock locks belong to the open file, so a second
+// lockDir takes an exclusive flock on dir/.lock. flock locks belong to the open file, so a second
 // Open in the same process is refused too. The lock is released when the file is closed (or the
 // process dies).
 func lockDir(dir string) (*os.File, error) {

@@ -540,6 +540,11 @@ func TestBadInput(t *testing.T) {
 			t.Errorf("Declare(%q): %v", name, err)
 		}
 	}
+	for _, name := range []string{strings.Repeat("x", 128), "LOCK", "dead", "a.dlq", "A-b_c.9"} {
+		if err := e.m.Declare(name, queue.Config{}); err != nil {
+			t.Errorf("Declare(%q): %v", name, err)
+		}
+	}
 	if err := e.m.Declare(strings.Repeat("x", 128), queue.Config{}); err != nil {
 		t.Errorf("128-character name: %v", err)
 	}
@@ -968,7 +973,7 @@ func TestLostLogTail(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(crash, qn, "checkpoint")); err == nil {
 		t.Fatal("a checkpoint was written; the test needs the ack log to carry the events")
 	}
-	os.Remove(filepath.Join(crash, "LOCK"))
+	os.Remove(filepath.Join(crash, ".lock"))
 	segs, _ := filepath.Glob(filepath.Join(crash, qn, "log", "0*"))
 	last := segs[len(segs)-1]
 	fi, err := os.Stat(last)
