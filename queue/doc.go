@@ -12,6 +12,10 @@
 // Limits (MaxMessages, MaxBytes) either reject new messages (ErrFull) or drop the oldest; MaxAge
 // dead-letters or drops messages that are too old, so a stuck message cannot pin the log forever.
 //
+// Settings are not stored on disk: a queue found on disk at Open takes its Options.Queues entry
+// or Options.Defaults; Declare changes them at once, except Sync, which applies from the next Open.
+// Redriven messages keep their ids and count their attempts and max age from the redrive.
+//
 // # Concurrency
 //
 // All Manager methods are safe for concurrent use. Each queue has one mutex over its in-memory
@@ -55,6 +59,10 @@
 // again, with its attempt count as far as the ack state got; leases taken before the restart run
 // to their deadline. A damaged checkpoint or a damaged record in the middle of a log is a
 // *CorruptError (ErrCorrupt) and nothing is changed; a torn log tail is repaired by package wal.
+//
+// After a failed write or fsync a log refuses further writes (wal.ErrFailed): the queue's
+// operations then fail until the Manager is reopened, and nothing is acknowledged that is not
+// durable.
 //
 // # How far acks can be lost
 //
