@@ -246,7 +246,8 @@ func (m *Manager) Enqueue(ctx context.Context, q string, msgs []Message) ([]stri
 // Receive leases up to max messages of queue q (max ≤ 0 means 1) for lease (0 means the queue's
 // VisibilityTimeout; negative is ErrInvalidLease). Redeliveries that are due come first, then first
 // deliveries in enqueue order. It blocks until at least one message is ready; when ctx ends first it
-// returns nil, nil. Close makes it return ErrClosed.
+// returns nil, nil. It always looks once, so a ctx that is already done makes it a non-blocking poll.
+// Close makes it return ErrClosed.
 func (m *Manager) Receive(ctx context.Context, q string, maxMsgs int, lease time.Duration) ([]Delivery, error) {
 	if lease < 0 || lease > maxLease {
 		return nil, fmt.Errorf("%w: %v (want 0 for the queue default, or up to %v)", ErrInvalidLease, lease, maxLease)
@@ -262,9 +263,6 @@ func (m *Manager) Receive(ctx context.Context, q string, maxMsgs int, lease time
 	var now int64
 	var dying bool
 	for {
-		if ctx.Err() != nil {
-			return nil, nil
-		}
 		now = qu.now()
 		qu.mu.Lock()
 		if qu.closed {

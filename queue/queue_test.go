@@ -188,6 +188,15 @@ func TestEnqueueReceiveAck(t *testing.T) {
 
 func TestReceiveLongPoll(t *testing.T) {
 	e := newEnv(t, queue.Config{})
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	e.enqueue("now")
+	if ds, err := e.m.Receive(done, qn, 1, 0); err != nil || payloads(ds) != "now" {
+		t.Fatalf("poll with a done ctx: %q, %v; want the ready message", payloads(ds), err)
+	}
+	if ds, err := e.m.Receive(done, qn, 1, 0); err != nil || ds != nil {
+		t.Fatalf("poll of an empty queue: %v, %v; want nil, nil", ds, err)
+	}
 	got := make(chan []queue.Delivery)
 	go func() {
 		ds, _ := e.m.Receive(context.Background(), qn, 1, 0)
