@@ -411,3 +411,41 @@ func TestTruncateReopensTidwall(t *testing.T) {
 		t.Fatal("tidwall/wal was never reopened: it still starts at 1")
 	}
 }
+
+// FuzzOpen writes arbitrary bytes as the only segment of a log (or as the
+// tail after a good one) and opens it: Open must not panic and must either
+// succeed, with every record readable and appends continuing, or report a
+// *CorruptionError; with Repair it must succeed.
+func FuzzOpen(f *testing.F) {
+	good := append(entry(1, []byte("hello")), entry(2, bytes.Repeat([]byte("y"), 200))...)
+	f.Add(good, false)
+	f.Add(good[:len(good)-7], false)
+	f.Add(append(slices.Clone(good), make([]byte, 100)...), true)
+	f.Add(append(append(slices.Clone(good[:9]), 0xee), good[10:]...), false)
+	f.Add([]byte{}, false)
+	f.Fuzz(func(t *testing.T, data []byte, repair bool) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, segmentName(1)), data, 0o640); err != nil {
+			t.Fatal(err)
+		}
+		l, err := Open(dir, Options{Repair: repair})
+		if err != nil {
+			var cerr *CorruptionError
+			if repair || !errors.As(err, &cerr) {
+				t.Fatalf("open (repair=%v): %v", repair, err)
+			}
+			return
+		}
+		defer l.Close()
+		last := l.LastIndex()
+		for i := uint64(1); i <= last; i++ {
+			if _, err := l.Read(i); err != nil {
+				t.Fatalf("read %d of %d: %v", i, last, err)
+			}
+		}
+		first, _, err := l.Append(context.Background(), []byte("after"))
+		if err != nil || first != last+1 {
+			t.Fatalf("append after open: %d, %v; want %d", first, err, last+1)
+		}
+	})
+}
