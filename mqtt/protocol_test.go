@@ -9,6 +9,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.golang/paho"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // rawConnect opens a TCP connection, sends an MQTT CONNECT (version 4 or 5) and reads the CONNACK.
@@ -342,4 +343,110 @@ func TestEchoUserProperties(t *testing.T) {
 	if r.Properties == nil || r.Properties.User.Get("k") != "v" {
 		t.Fatalf("PUBACK properties %+v, want the user property echoed", r.Properties)
 	}
+}
+
+func TestShutdownDisconnectsClients(t *testing.T) {
+	srv := startServer(t, Options{})
+	addr := srv.Addr("tcp").String()
+	c := mustV5(t, addr, v5opts{id: "bye"})
+	idle, err := net.Dial("tcp", addr) // never sends CONNECT
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	waitFor(t, 5*time.Second, "idle connection admitted", func() bool { return srv.conns.Load() == 2 })
+	ctx, cancel := contextWithTimeout(5 * time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("Shutdown took %s with an idle pre-CONNECT socket open", d)
+	}
+	select {
+	case d := <-c.disc:
+		if d.ReasonCode != 0x8B {
+			t.Fatalf("DISCONNECT reason %#x, want 0x8B server shutting down", d.ReasonCode)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("client got no DISCONNECT")
+	}
+	expectClose(t, idle)
+	if srv.Ready() {
+		t.Fatal("Ready after Shutdown")
+	}
+	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		t.Fatal("listener still accepting after Shutdown")
+	}
+}
+
+func TestSysTopics(t *testing.T) {
+	srv := startServer(t, Options{SysInterval: time.Second})
+	c := mustV5(t, srv.Addr("tcp").String(), v5opts{id: "sys"})
+	c.sub(t, "$SYS/broker/clients/connected", 0)
+	p := c.next(t, 5*time.Second)
+	if p.Topic != "$SYS/broker/clients/connected" || len(p.Payload) == 0 {
+		t.Fatalf("got %s %q", p.Topic, p.Payload)
+	}
+}
+
+func TestPublishRate(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	srv := startServer(t, Options{Limits: Limits{PublishRate: 20, PublishBurst: 2}, Registerer: reg})
+	c := mustV5(t, srv.Addr("tcp").String(), v5opts{id: "chatty"})
+	start := time.Now()
+	for i := range 10 {
+		c.pub(t, "rate", 1, fmt.Sprint(i))
+	}
+	// 2 from the burst, then 8 at 20/s: at least 400 ms.
+	if d := time.Since(start); d < 350*time.Millisecond {
+		t.Fatalf("10 publishes at 20/s (burst 2) took %s", d)
+	}
+	if got := counterValue(t, reg, "sluice_mqtt_publish_rate_limited_total", nil); got < 7 {
+		t.Fatalf("rate limited %v, want ≥ 7", got)
+	}
+}
+
+func TestBackpressure(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	srv := startServer(t, Options{
+		Limits:     Limits{MaxInflight: 8},
+		Slow:       SlowSubscribers{Policy: PolicyBackpressure, DisconnectAfter: time.Minute},
+		Registerer: reg,
+	})
+	addr := srv.Addr("tcp").String()
+	// A QoS 1 subscriber that does not ack (raw socket, never reads).
+	nc := rawConnect(t, addr, 5, "lazy")
+	sub := []byte{0x82, 0, 0, 1, 0, 0, 4, 'b', 'p', '/', '#', 1}
+	sub[1] = byte(len(sub) - 2)
+	nc.Write(sub)
+	waitFor(t, 5*time.Second, "subscription", func() bool {
+		return counterValue(t, reg, "sluice_mqtt_subscriptions", nil) == 1
+	})
+	pub := mustV5(t, addr, v5opts{id: "eager"})
+	acked := make(chan struct{}, 100)
+	go func() {
+		for i := range 20 {
+			ctx, cancel := contextWithTimeout(20 * time.Second)
+			_, err := pub.Publish(ctx, &paho.Publish{Topic: "bp/x", QoS: 1, Payload: []byte(fmt.Sprint(i))})
+			cancel()
+			if err != nil {
+				return
+			}
+			acked <- struct{}{}
+		}
+	}()
+	// The subscriber's window (3/4 of MaxInflight = 6) fills; then the publisher is held.
+	waitFor(t, 5*time.Second, "window filled", func() bool { return len(acked) >= 6 })
+	time.Sleep(300 * time.Millisecond) // give a publisher that is not held time to run ahead
+	if n := len(acked); n > 8 {
+		t.Fatalf("%d publishes acked while the subscriber acked none; want the publisher held", n)
+	}
+	if got := counterValue(t, reg, "sluice_mqtt_dropped_messages_total", nil) + counterValue(t, reg, "sluice_mqtt_inflight_full_dropped_total", nil); got != 0 {
+		t.Fatalf("%v messages dropped under backpressure", got)
+	}
+	// Closing the subscriber releases the publisher.
+	nc.Close()
+	waitFor(t, 10*time.Second, "publisher released", func() bool { return len(acked) == 20 })
 }
