@@ -1096,3 +1096,46 @@ func TestConcurrentTruncate(t *testing.T) {
 		}
 	}
 }
+
+// TestRepairFailure: when a step of the repair fails (an fsync of the
+// .broken copy, of the cut segment, or of the directory), Open reports it
+// and a later Open repairs the log.
+func TestRepairFailure(t *testing.T) {
+	tests := []struct {
+		name   string
+		inject func(*waltest.FaultFS)
+	}{
+		{"fsync of the copy", func(f *waltest.FaultFS) { f.FailSyncsAfter(0, waltest.ErrInjected) }},
+		{"fsync of the cut segment", func(f *waltest.FaultFS) { f.FailSyncsAfter(1, waltest.ErrInjected) }},
+		{"dir fsync after the copy", func(f *waltest.FaultFS) { f.FailDirSyncsAfter(1, waltest.ErrInjected) }},
+		{"dir fsync after the repair", func(f *waltest.FaultFS) { f.FailDirSyncsAfter(2, waltest.ErrInjected) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			l := openLog(t, dir, wal.Options{})
+			appendN(t, l, 1, 10, "a")
+			closeLog(t, l)
+			seg := filepath.Join(dir, "00000000000000000001")
+			waltest.Truncate(t, seg, waltest.Size(t, seg)-30)
+
+			ffs := &waltest.FaultFS{}
+			tt.inject(ffs)
+			if l, err := wal.Open(dir, wal.Options{FS: ffs}); !errors.Is(err, waltest.ErrInjected) {
+				if err == nil {
+					l.Close()
+				}
+				t.Fatalf("open: got %v, want the injected error", err)
+			}
+			l = openLog(t, dir, wal.Options{})
+			defer closeLog(t, l)
+			if l.LastIndex() != 9 {
+				t.Fatalf("LastIndex = %d, want 9", l.LastIndex())
+			}
+			checkRecords(t, l, 1, 9, "a")
+			if len(waltest.Broken(t, dir)) == 0 {
+				t.Fatal("no .broken copy kept")
+			}
+		})
+	}
+}

@@ -27,6 +27,8 @@ type FaultFS struct {
 	writeErr   error
 	syncErr    error
 	syncDirErr error
+	syncOK     int               // file fsyncs that still succeed before syncErr applies
+	syncDirOK  int               // directory fsyncs that still succeed before syncDirErr applies
 	beforeSync func(name string) // called before each file fsync, outside mu
 	writes     int
 	syncs      int
@@ -40,10 +42,26 @@ var _ wal.FS = (*FaultFS)(nil)
 func (f *FaultFS) FailWrites(err error) { f.mu.Lock(); f.writeErr = err; f.mu.Unlock() }
 
 // FailSyncs makes every later file fsync fail with err; nil stops failing.
-func (f *FaultFS) FailSyncs(err error) { f.mu.Lock(); f.syncErr = err; f.mu.Unlock() }
+func (f *FaultFS) FailSyncs(err error) { f.FailSyncsAfter(0, err) }
+
+// FailSyncsAfter lets n more file fsyncs succeed, then fails every later one
+// with err.
+func (f *FaultFS) FailSyncsAfter(n int, err error) {
+	f.mu.Lock()
+	f.syncOK, f.syncErr = n, err
+	f.mu.Unlock()
+}
 
 // FailDirSyncs makes every later directory fsync fail with err; nil stops failing.
-func (f *FaultFS) FailDirSyncs(err error) { f.mu.Lock(); f.syncDirErr = err; f.mu.Unlock() }
+func (f *FaultFS) FailDirSyncs(err error) { f.FailDirSyncsAfter(0, err) }
+
+// FailDirSyncsAfter lets n more directory fsyncs succeed, then fails every
+// later one with err.
+func (f *FaultFS) FailDirSyncsAfter(n int, err error) {
+	f.mu.Lock()
+	f.syncDirOK, f.syncDirErr = n, err
+	f.mu.Unlock()
+}
 
 // BeforeSync sets a function called before each file fsync (it may block).
 func (f *FaultFS) BeforeSync(fn func(name string)) { f.mu.Lock(); f.beforeSync = fn; f.mu.Unlock() }
@@ -67,6 +85,10 @@ func (f *FaultFS) SyncDir(dir string) error {
 	f.mu.Lock()
 	f.dirSyncs++
 	err := f.syncDirErr
+	if err != nil && f.syncDirOK > 0 {
+		f.syncDirOK--
+		err = nil
+	}
 	f.mu.Unlock()
 	if err != nil {
 		return err
@@ -92,6 +114,10 @@ func (ff *faultFile) Sync() error {
 	ff.fs.mu.Lock()
 	ff.fs.syncs++
 	err, before := ff.fs.syncErr, ff.fs.beforeSync
+	if err != nil && ff.fs.syncOK > 0 {
+		ff.fs.syncOK--
+		err = nil
+	}
 	ff.fs.mu.Unlock()
 	if before != nil {
 		before(ff.name)
