@@ -14,11 +14,14 @@ import (
 // a torn segment, renaming and removing segment files, the fsync of the tail
 // segment that makes an append durable, and every directory fsync.
 //
-// What it does not cover: github.com/tidwall/wal writes segment files through
-// package os itself (it is opened with NoSync, so it never decides
-// durability). BeforeWrite is called before each group-commit batch is handed
+// What it does not cover: github.com/tidwall/wal writes segment files
+// through package os itself, and fsyncs each full segment before it creates
+// the next one (it is opened with NoSync, so it never decides durability
+// otherwise). BeforeWrite is called before each group-commit batch is handed
 // to tidwall/wal; returning an error there simulates a failed write (nothing
 // is written, and the log fails exactly as it would after a failed write).
+// Torn writes and bit rot are simulated by damaging the files directly
+// between runs (see package waltest).
 type FS interface {
 	MkdirAll(dir string, perm fs.FileMode) error
 	ReadDir(dir string) ([]fs.DirEntry, error)

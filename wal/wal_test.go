@@ -1139,3 +1139,29 @@ func TestRepairFailure(t *testing.T) {
 		})
 	}
 }
+
+// TestIntervalFsyncFailure: under SyncInterval an append returns before its
+// fsync; when that fsync fails the log refuses the next appends.
+func TestIntervalFsyncFailure(t *testing.T) {
+	ffs := &waltest.FaultFS{}
+	l := openLog(t, t.TempDir(), wal.Options{FS: ffs, Sync: wal.SyncInterval, SyncInterval: time.Millisecond})
+	defer l.Close()
+	ffs.FailSyncs(waltest.ErrInjected)
+	if _, _, err := l.Append(context.Background(), []byte("written, fsync pending")); err != nil {
+		t.Fatalf("append: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, _, err := l.Append(context.Background(), []byte("x"))
+		if errors.Is(err, wal.ErrFailed) && errors.Is(err, waltest.ErrInjected) {
+			return
+		}
+		if err != nil {
+			t.Fatalf("append: got %v, want ErrFailed wrapping the injected error", err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("appends still accepted 10s after the interval fsync failed")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
