@@ -7,6 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/sluicemq/sluice/wal"
 )
 
 // Overflow policies, sync policies and expiry actions accepted in Config.
@@ -73,6 +75,8 @@ type Options struct {
 	Logger     zerolog.Logger
 	Clock      func() time.Time      // nil → time.Now
 	Registerer prometheus.Registerer // nil → no metrics
+
+	walFS func(logDir string) wal.FS // tests: fault injection per log; nil → the OS
 }
 
 // withDefaults returns c with zero fields taken from d, then from the package defaults.

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/sluicemq/sluice/wal"
 )
 
 // Manager owns the named queues under one data directory. All methods are safe for concurrent use.
@@ -23,6 +25,7 @@ type Manager struct {
 	epoch    uint32
 	lock     *os.File
 	metrics  *collector
+	walFS    func(string) wal.FS
 
 	mu     sync.RWMutex
 	queues map[string]*queue
@@ -54,6 +57,7 @@ func Open(dir string, opts Options) (*Manager, error) {
 		clock:    opts.Clock,
 		epoch:    rand.Uint32(),
 		queues:   make(map[string]*queue),
+		walFS:    opts.walFS,
 	}
 	if m.clock == nil {
 		m.clock = time.Now

@@ -86,11 +86,11 @@ func openQueue(m *Manager, name string, cfg Config) (*queue, error) {
 		lastCP:  time.Now(),
 	}
 	sync := wal.SyncPolicy(cfg.Sync)
-	src, force1, err := openStore(dir, sync, q.log)
+	src, force1, err := openStore(dir, sync, q.log, m.walFS)
 	if err != nil {
 		return nil, fmt.Errorf("open queue %q: %w", name, err)
 	}
-	dead, force2, err := openStore(filepath.Join(dir, deadDir), sync, q.log)
+	dead, force2, err := openStore(filepath.Join(dir, deadDir), sync, q.log, m.walFS)
 	if err != nil {
 		_ = src.close()
 		return nil, fmt.Errorf("open dead-letter queue of %q: %w", name, err)
@@ -157,12 +157,23 @@ func (q *queue) writeEvents(s *store, ev []byte) error {
 		return nil
 	}
 	if _, _, err := s.acks.Append(context.Background(), ev); err != nil {
+		q.fail(s, err)
 		return q.walErr("write ack state", err)
 	}
 	q.mu.Lock()
 	s.events++
 	q.mu.Unlock()
 	return nil
+}
+
+// fail marks s failed after a write error (not after Close).
+func (q *queue) fail(s *store, err error) {
+	if errors.Is(err, wal.ErrClosed) {
+		return
+	}
+	q.mu.Lock()
+	s.failed = true
+	q.mu.Unlock()
 }
 
 // takePend moves the timer-produced events into ev; called with mu held.
@@ -379,6 +390,7 @@ func (q *queue) enqueue(ctx context.Context, recs [][]byte, enq []int64) error {
 	}
 	first, _, err := q.src.log.Append(context.WithoutCancel(ctx), recs...)
 	if err != nil {
+		q.fail(q.src, err)
 		q.unreserve(n, total)
 		return q.walErr("append", err)
 	}
@@ -470,6 +482,9 @@ func (q *queue) maybeCheckpoint(force bool) {
 	due := force || time.Since(q.lastCP) >= cpEveryTime
 	var todo []*store
 	for _, s := range []*store{q.src, q.dead} {
+		if s.failed {
+			continue // logged when the write failed; reopen to recover
+		}
 		// A snapshot walks the whole backlog: with a big one, wait for more ack-log records.
 		if s.events >= max(cpEveryEvents, int(s.live()/256)) || (due && s.events > 0) {
 			todo = append(todo, s)
@@ -480,13 +495,14 @@ func (q *queue) maybeCheckpoint(force bool) {
 	}
 	q.src.advanceHead()
 	head := q.src.head
+	srcFailed := q.src.failed
 	q.mu.Unlock()
 	for _, s := range todo {
 		if err := q.checkpoint(s); err != nil && !errors.Is(err, ErrClosed) {
 			q.log.Error().Err(err).Str("dir", s.dir).Msg("checkpoint failed")
 		}
 	}
-	if len(todo) == 0 {
+	if len(todo) == 0 && !srcFailed {
 		// No new ack state, but gone messages can still free whole segments.
 		if err := q.src.reclaim(head); err != nil && !errors.Is(err, wal.ErrClosed) {
 			q.log.Error().Err(err).Msg("reclaim failed")
@@ -497,6 +513,10 @@ func (q *queue) maybeCheckpoint(force bool) {
 // checkpoint snapshots s and writes it.
 func (q *queue) checkpoint(s *store) error {
 	q.mu.Lock()
+	if s.failed {
+		q.mu.Unlock()
+		return fmt.Errorf("queue %q: no checkpoint after a failed write; reopen to recover", q.name)
+	}
 	data, acksIndex := s.snapshot(q.now())
 	head := s.head
 	s.events = 0
@@ -562,6 +582,7 @@ func (q *queue) moveBatch(items []dyingItem) error {
 	}
 	first, _, err := q.dead.log.Append(context.Background(), recs...)
 	if err != nil {
+		q.fail(q.dead, err)
 		return q.walErr("append dead letter", err)
 	}
 	sizes := make([]uint32, len(recs))

@@ -24,6 +24,9 @@ type store struct {
 	count  [6]int64 // entries per state (stAbsent not counted; stGone only grows)
 	bytes  int64    // record bytes of live entries
 	events int      // ack-log records appended since the last checkpoint
+	// failed is set when a write to the store's logs failed: the index may then hold effects
+	// (acks) that are not durable, so no more checkpoints are written from it.
+	failed bool
 }
 
 func isLive(st uint8) bool { return st >= stReady && st <= stDying }
@@ -60,7 +63,7 @@ const (
 // openStore opens (creating if needed) the store in dir and recovers its index from the checkpoint,
 // the message log headers and the ack log. forceCP reports that recovery found ack state the logs do
 // not back (a log lost its unsynced tail) and a checkpoint must be written before new appends.
-func openStore(dir string, sync wal.SyncPolicy, logger zerolog.Logger) (s *store, forceCP bool, err error) {
+func openStore(dir string, sync wal.SyncPolicy, logger zerolog.Logger, walFS func(string) wal.FS) (s *store, forceCP bool, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, false, fmt.Errorf("create %s: %w", dir, err)
 	}
@@ -78,7 +81,11 @@ func openStore(dir string, sync wal.SyncPolicy, logger zerolog.Logger) (s *store
 	s = &store{dir: dir}
 	openLog := func(name string) (*wal.Log, error) {
 		p := filepath.Join(dir, name)
-		l, err := wal.Open(p, wal.Options{Sync: sync, Logger: logger.With().Str("log", p).Logger()})
+		o := wal.Options{Sync: sync, Logger: logger.With().Str("log", p).Logger()}
+		if walFS != nil {
+			o.FS = walFS(p)
+		}
+		l, err := wal.Open(p, o)
 		if err != nil {
 			var ce *wal.CorruptionError
 			if errors.As(err, &ce) {
