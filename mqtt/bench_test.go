@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/exec"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -307,18 +309,16 @@ func BenchmarkQoS1FanIn(b *testing.B) {
 }
 
 // BenchmarkIdleConnections measures broker memory per idle MQTT 5 connection (CONNECT done, no
-// traffic): the growth of HeapInuse+StackInuse divided by the number of connections. The figure
-// includes the client side's socket objects (a few hundred bytes each): clients run in-process.
+// traffic): the growth of the broker process's HeapInuse+StackInuse divided by the number of
+// connections. The clients run in a child process (this test binary re-executed), so their sockets
+// neither count nor use the broker's file descriptors.
 func BenchmarkIdleConnections(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
 		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) {
 			var lim syscall.Rlimit
-			need := uint64(2*n + 1000)
+			need := uint64(n + 500)
 			if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < need {
-				lim.Cur = max(need, min(lim.Max, need))
-				if lim.Max < need {
-					lim.Max = need // allowed when running as root
-				}
+				lim.Cur = min(lim.Max, need)
 				_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 				_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
 			}
@@ -326,37 +326,73 @@ func BenchmarkIdleConnections(b *testing.B) {
 				b.Skipf("RLIMIT_NOFILE %d is too low for %d connections", lim.Cur, n)
 			}
 			srv := benchServer(b, Options{Limits: Limits{MaxPendingWrites: 256, MaxInflight: 256}})
-			addr := srv.Addr("tcp").String()
 			before := memInUse()
-			conns := make([]net.Conn, 0, n)
-			defer func() {
-				for _, c := range conns {
-					c.Close()
-				}
-			}()
-			for i := range n {
-				nc, err := net.Dial("tcp", addr)
-				if err != nil {
-					b.Fatalf("dial %d: %v", i, err)
-				}
-				pk := connectPacket(5, fmt.Sprintf("idle-%d", i))
-				if _, err := nc.Write(pk); err != nil {
-					b.Fatal(err)
-				}
-				ack := make([]byte, 2)
-				_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-				if _, err := io.ReadFull(nc, ack); err != nil {
-					b.Fatalf("connack %d: %v", i, err)
-				}
-				rest := make([]byte, ack[1])
-				io.ReadFull(nc, rest)
-				conns = append(conns, nc)
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d", idleClientsEnv, srv.Addr("tcp"), n))
+			stdin, _ := cmd.StdinPipe()
+			stdout, _ := cmd.StdoutPipe()
+			cmd.Stderr = os.Stderr
+			if err := cmd.Start(); err != nil {
+				b.Fatal(err)
 			}
-			time.Sleep(200 * time.Millisecond) // let goroutines park
+			defer func() {
+				stdin.Close()
+				_ = cmd.Wait()
+			}()
+			line, err := bufio.NewReader(stdout).ReadString('\n')
+			if err != nil || line != "ready\n" {
+				b.Fatalf("client process: %q %v", line, err)
+			}
+			waitFor(b, 10*time.Second, "all clients connected", func() bool { return srv.conns.Load() == int64(n) })
 			after := memInUse()
 			b.ReportMetric(float64(after-before)/float64(n), "bytes/conn")
 		})
 	}
+}
+
+const idleClientsEnv = "SLUICE_MQTT_IDLE_CLIENTS"
+
+// runIdleClients is the child process of BenchmarkIdleConnections: "addr n" → n connected idle
+// MQTT 5 clients, "ready" on stdout, exit when stdin closes.
+func runIdleClients(spec string) int {
+	var addr string
+	var n int
+	if _, err := fmt.Sscan(spec, &addr, &n); err != nil {
+		fmt.Fprintln(os.Stderr, "bad spec:", err)
+		return 2
+	}
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+	conns := make([]net.Conn, 0, n)
+	for i := range n {
+		nc, err := net.Dial("tcp", addr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "dial:", err)
+			return 1
+		}
+		if _, err := nc.Write(connectPacket(5, fmt.Sprintf("idle-%d", i))); err != nil {
+			return 1
+		}
+		hdr := make([]byte, 2)
+		_ = nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.ReadFull(nc, hdr); err != nil {
+			fmt.Fprintln(os.Stderr, "connack:", err)
+			return 1
+		}
+		if _, err := io.ReadFull(nc, make([]byte, hdr[1])); err != nil {
+			return 1
+		}
+		conns = append(conns, nc)
+	}
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	for _, c := range conns {
+		c.Close()
+	}
+	return 0
 }
 
 func memInUse() uint64 {

@@ -3,6 +3,7 @@ package mqtt
 import (
 	"context"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(idleClientsEnv); spec != "" {
+		os.Exit(runIdleClients(spec))
+	}
 	goleak.VerifyTestMain(m)
 }
 
