@@ -174,6 +174,10 @@ func TestEnqueueReceiveAck(t *testing.T) {
 	if s := e.stats(); s.Ready != 1 || s.Leased != 2 || s.Enqueued != 3 {
 		t.Fatalf("stats %+v", s)
 	}
+	e.clock.Advance(5 * time.Second)
+	if s := e.stats(); s.OldestAge != 5*time.Second || s.Bytes <= 3*5 {
+		t.Fatalf("oldest age / bytes: %+v", s)
+	}
 	e.settle("ack", receipts(ds), nil)
 	e.settle("ack", receipts(ds), queue.ErrStaleReceipt) // second ack: settled
 	if s := e.stats(); s.Ready != 1 || s.Leased != 0 || s.Acked != 2 {
