@@ -130,3 +130,39 @@ func BenchmarkOpen(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRead measures random reads of durable records (tail segment and
+// older ones alike) by concurrent readers.
+func BenchmarkRead(b *testing.B) {
+	const size, n = 256, 100_000
+	dir := fillLog(b, n, size)
+	for _, readers := range []int{1, 8} {
+		b.Run(fmt.Sprintf("size=%d/records=%d/readers=%d", size, n, readers), func(b *testing.B) {
+			l, err := wal.Open(dir, wal.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			work := make(chan uint64, readers)
+			var wg sync.WaitGroup
+			for range readers {
+				wg.Go(func() {
+					for i := range work {
+						if _, err := l.Read(i); err != nil {
+							b.Error(err)
+						}
+					}
+				})
+			}
+			b.SetBytes(size)
+			b.ReportAllocs()
+			x := uint64(1)
+			for b.Loop() {
+				x = x*6364136223846793005 + 1442695040888963407 // LCG: random-looking indexes
+				work <- 1 + (x>>33)%n
+			}
+			close(work)
+			wg.Wait()
+		})
+	}
+}
