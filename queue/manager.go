@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -75,6 +76,7 @@ func Open(dir string, opts Options) (*Manager, error) {
 		m.closeAll()
 		return nil, fmt.Errorf("read data directory: %w", err)
 	}
+	names := map[string]Config{}
 	for _, de := range ents {
 		name := de.Name()
 		if !de.IsDir() || ValidName(name) != nil {
@@ -83,27 +85,36 @@ func Open(dir string, opts Options) (*Manager, error) {
 		if _, err := os.Stat(filepath.Join(dir, name, logDir)); err != nil {
 			continue // not a queue
 		}
-		cfg, ok := opts.Queues[name]
-		if !ok {
-			cfg = Config{}
-		}
-		q, err := openQueue(m, name, cfg.withDefaults(defaults))
-		if err != nil {
-			m.closeAll()
-			return nil, err
-		}
-		m.queues[name] = q
+		names[name] = opts.Queues[name]
 	}
 	for name, cfg := range opts.Queues {
-		if _, ok := m.queues[name]; ok {
-			continue
-		}
-		q, err := openQueue(m, name, cfg.withDefaults(defaults))
-		if err != nil {
-			m.closeAll()
-			return nil, err
-		}
-		m.queues[name] = q
+		names[name] = cfg
+	}
+	// Recover the queues in parallel: recovery is a sequential scan per queue.
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+		sem  = make(chan struct{}, runtime.GOMAXPROCS(0))
+	)
+	for name, cfg := range names {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			q, err := openQueue(m, name, cfg.withDefaults(defaults))
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			m.queues[name] = q
+		})
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		m.closeAll()
+		return nil, errors.Join(errs...)
 	}
 	if opts.Registerer != nil {
 		m.metrics = newCollector(m)
