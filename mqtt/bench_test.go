@@ -226,7 +226,7 @@ func fan(b *testing.B, srv *Server, qos byte, publishers, subscribers int, subEx
 	start := time.Now()
 	for i, s := range subs {
 		wg.Add(1)
-		go func() { defer wg.Done(); runSubscriber(s, &counts[i], &last, total, 2*time.Second) }()
+		go func() { defer wg.Done(); runSubscriber(s, &counts[i], &last, total, 10*time.Second) }()
 	}
 	var published atomic.Int64
 	var pwg sync.WaitGroup

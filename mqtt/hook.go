@@ -289,6 +289,8 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 }
 
 // OnPacketEncode
+//   - drops the user properties mochi copies from SUBSCRIBE/UNSUBSCRIBE into their acks, unless
+//     EchoUserProperties (PUBACK/PUBREC/... are handled by mochi's NoInheritedPropertiesOnAck);
 //   - tells MQTT 5 clients in CONNACK the limits mochi enforces but does not announce: Maximum
 //     Packet Size and Topic Alias Maximum;
 //   - keeps user properties on PUBLISH, CONNACK and DISCONNECT for clients that set Request Problem
@@ -299,6 +301,10 @@ func (h *hook) OnPacketEncode(cl *mochi.Client, pk packets.Packet) packets.Packe
 	switch pk.FixedHeader.Type {
 	case packets.Publish, packets.Disconnect:
 		pk.Mods.DisallowProblemInfo = false
+	case packets.Suback, packets.Unsuback:
+		if !h.s.opts.EchoUserProperties {
+			pk.Properties.User = nil // mochi echoes the SUBSCRIBE's user properties
+		}
 	case packets.Connack:
 		pk.Mods.DisallowProblemInfo = false
 		if pk.ReasonCode < 0x80 {
