@@ -69,12 +69,20 @@ type UplinkBackoff struct {
 // to the local broker (through a client connection to local_url).
 type UplinkDownlink struct {
 	Filters  []string    `yaml:"filters"`
-	QoS      int         `yaml:"qos"` // 0 | 1 | 2 (subscription QoS); unset → 1
+	QoS      *int        `yaml:"qos"` // 0 | 1 | 2 (subscription QoS); unset → 1
 	Topic    UplinkTopic `yaml:"topic"`
 	LocalURL string      `yaml:"local_url"` // "" → the first tcp listener of mqtt.listeners
 	// Credentials of the local client, when the local listener does not allow anonymous clients.
 	LocalUsername string `yaml:"local_username"`
 	LocalPassword string `yaml:"local_password"`
+}
+
+// SubQoS returns the downlink's subscription QoS: qos, or 1 when unset.
+func (d UplinkDownlink) SubQoS() int {
+	if d.QoS == nil {
+		return 1
+	}
+	return *d.QoS
 }
 
 // QueueName returns the queue the uplink drains: Queue, or "uplink.<name>" when it has Filters.
@@ -239,8 +247,8 @@ func (c *Config) validateUplink(p string, i int, u Uplink, queues map[string]boo
 				return c.errAt(fmt.Sprintf("%s.filters[%d]", dp, j), "%s: downlink filter %q: %v", who, f, err)
 			}
 		}
-		if d.QoS < 0 || d.QoS > 2 {
-			return c.errAt(dp+".qos", "%s: downlink qos %d is not 0, 1 or 2", who, d.QoS)
+		if q := d.SubQoS(); q < 0 || q > 2 {
+			return c.errAt(dp+".qos", "%s: downlink qos %d is not 0, 1 or 2", who, q)
 		}
 		if err := c.checkTopic(dp+".topic", who+" downlink", d.Topic); err != nil {
 			return err
