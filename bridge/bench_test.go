@@ -176,12 +176,17 @@ var benchSync = cmp.Or(os.Getenv("SLUICE_BENCH_SYNC"), "always")
 // iteration is a round in which every connection publishes a fixed number of messages;
 // msgs/s is the figure to read. publishers=1/inflight=100 is a single busy gateway connection.
 func BenchmarkBridgeIngest(b *testing.B) {
+	type variant struct {
+		on, pipeline bool
+		name         string
+	}
 	for _, c := range []struct{ publishers, inflight, perRound int }{{100, 1, 50}, {100, 8, 200}, {1, 100, 5000}} {
-		for _, on := range []bool{true, false} {
-			name := fmt.Sprintf("qos=1/publishers=%d/inflight=%d/bridge=%s", c.publishers, c.inflight, map[bool]string{true: "on", false: "off"}[on])
+		for _, v := range []variant{{true, false, "bridge=on"}, {true, true, "bridge=on/pipeline=on"}, {false, false, "bridge=off"}} {
+			name := fmt.Sprintf("qos=1/publishers=%d/inflight=%d/%s", c.publishers, c.inflight, v.name)
+			on := v.on
 			b.Run(name, func(b *testing.B) {
 				r := newRig(b, rigOptions{rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}},
-					queues: map[string]queue.Config{"telemetry": {Sync: benchSync}}})
+					queues: map[string]queue.Config{"telemetry": {Sync: benchSync}}, pipeline: v.pipeline})
 				payload := make([]byte, 256)
 				conns := make([]*rawConn, c.publishers)
 				for i := range conns {
@@ -216,6 +221,7 @@ func BenchmarkBridgeIngest(b *testing.B) {
 				}
 				b.ReportMetric(float64(total)/b.Elapsed().Seconds(), "msgs/s")
 				if on {
+					b.ReportMetric(meanEnqueueMicros(b, r), "enqueue-µs")
 					if st, err := r.m.Stats("telemetry"); err != nil || st.Ready != int64(total) {
 						b.Fatalf("queue holds %d of %d (%v)", st.Ready, total, err)
 					}
@@ -229,9 +235,10 @@ func BenchmarkBridgeIngest(b *testing.B) {
 // messages at a steady open-loop rate spread over 50 connections (latency counted from the
 // intended send time, so a stall is not hidden). One iteration is 100 ms of load.
 func BenchmarkPublishLatency(b *testing.B) {
-	for _, rate := range []int{10000} {
-		b.Run(fmt.Sprintf("qos=1/rate=%d/publishers=50", rate), func(b *testing.B) {
-			r := newRig(b, rigOptions{rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}}})
+	for _, pipeline := range []bool{false, true} {
+		rate := 10000
+		b.Run(fmt.Sprintf("qos=1/rate=%d/publishers=50/pipeline=%s", rate, map[bool]string{true: "on", false: "off"}[pipeline]), func(b *testing.B) {
+			r := newRig(b, rigOptions{rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}}, pipeline: pipeline})
 			const publishers = 50
 			payload := make([]byte, 256)
 			conns := make([]*rawConn, publishers)
@@ -266,4 +273,22 @@ func BenchmarkPublishLatency(b *testing.B) {
 			b.ReportMetric(float64(hist.ValueAtQuantile(99.9)), "p99.9-µs")
 		})
 	}
+}
+
+// meanEnqueueMicros is the mean time a bridged publish waited for its record to be durable.
+func meanEnqueueMicros(tb testing.TB, r *rig) float64 {
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "sluice_bridge_enqueue_duration_seconds" {
+			for _, m := range mf.GetMetric() {
+				if h := m.GetHistogram(); h.GetSampleCount() > 0 {
+					return h.GetSampleSum() / float64(h.GetSampleCount()) * 1e6
+				}
+			}
+		}
+	}
+	return 0
 }

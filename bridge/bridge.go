@@ -38,9 +38,16 @@ type Options struct {
 	AsyncBuffer int
 	// AsyncBatch is the largest batch the background writer enqueues at once; 0 → 512.
 	AsyncBatch int
-	Logger     zerolog.Logger
-	Registerer prometheus.Registerer // nil → no metrics
-	Clock      func() time.Time      // nil → time.Now
+	// Pipeline, when set (the broker's *mochi.Server), lets a connection have many QoS 1 publishes
+	// waiting for durability at once instead of one: the hook returns at once and the publish is
+	// re-injected into the broker once durable (see pipeline.go). nil → OnPublish blocks until the
+	// record is durable, which caps one connection at one group commit per message.
+	Pipeline Injector
+	// PipelineDepth bounds the publishes one client may have waiting in its pipe; 0 → 256.
+	PipelineDepth int
+	Logger        zerolog.Logger
+	Registerer    prometheus.Registerer // nil → no metrics
+	Clock         func() time.Time      // nil → time.Now
 }
 
 // Bridge routes published MQTT messages into queues according to its rules.
@@ -56,10 +63,13 @@ type Bridge struct {
 
 	async map[string]*asyncQueue // QoS 0 writers, one per rule queue, fixed at New
 
+	pipes                 // per-client pipelining state
+	pipeWG sync.WaitGroup // pipe goroutines and their enqueues
+
 	closed    atomic.Bool
 	closeOnce sync.Once
 	stop      chan struct{}
-	wg        sync.WaitGroup
+	wg        sync.WaitGroup // QoS 0 writers
 }
 
 // New validates the rules and starts one background writer per rule queue (for QoS 0).
@@ -71,8 +81,11 @@ func New(q Enqueuer, opts Options) (*Bridge, error) {
 	if err := ValidateRules(opts.Rules); err != nil {
 		return nil, err
 	}
-	if opts.EnqueueTimeout < 0 || opts.AsyncBuffer < 0 || opts.AsyncBatch < 0 {
-		return nil, errors.New("bridge: negative EnqueueTimeout, AsyncBuffer or AsyncBatch")
+	if opts.EnqueueTimeout < 0 || opts.AsyncBuffer < 0 || opts.AsyncBatch < 0 || opts.PipelineDepth < 0 {
+		return nil, errors.New("bridge: negative EnqueueTimeout, AsyncBuffer, AsyncBatch or PipelineDepth")
+	}
+	if opts.PipelineDepth == 0 {
+		opts.PipelineDepth = 256
 	}
 	if opts.EnqueueTimeout == 0 {
 		opts.EnqueueTimeout = 5 * time.Second
@@ -92,6 +105,7 @@ func New(q Enqueuer, opts Options) (*Bridge, error) {
 		async:  make(map[string]*asyncQueue),
 		stop:   make(chan struct{}),
 	}
+	b.pipes.pipes = make(map[*mochi.Client]*pipe)
 	if b.now == nil {
 		b.now = time.Now
 	}
@@ -119,7 +133,9 @@ func (b *Bridge) Route(topic string, qos byte) []string { return b.router.route(
 func (b *Bridge) Hook() mochi.Hook { return &hook{b: b} }
 
 // Close stops accepting messages, writes the QoS 0 messages still buffered (bounded by ctx),
-// and stops the background writers. Later calls return ErrClosed.
+// and stops the background writers; with pipelining it waits for the clients' pipes, which end
+// when the broker has disconnected their clients (so shut the broker down first). Later calls
+// return ErrClosed.
 func (b *Bridge) Close(ctx context.Context) error {
 	err := ErrClosed
 	b.closeOnce.Do(func() {
@@ -127,7 +143,7 @@ func (b *Bridge) Close(ctx context.Context) error {
 		b.closed.Store(true)
 		close(b.stop)
 		done := make(chan struct{})
-		go func() { b.wg.Wait(); close(done) }()
+		go func() { b.wg.Wait(); b.pipeWG.Wait(); close(done) }()
 		select {
 		case <-done:
 		case <-ctx.Done():
@@ -318,7 +334,12 @@ type hook struct {
 
 func (h *hook) ID() string { return "sluice-bridge" }
 
-func (h *hook) Provides(x byte) bool { return x == mochi.OnPublish }
+func (h *hook) Provides(x byte) bool {
+	return x == mochi.OnPublish || (x == mochi.OnDisconnect && h.b.opts.Pipeline != nil)
+}
+
+// OnDisconnect ends the client's pipe (its queued publishes are still stored).
+func (h *hook) OnDisconnect(cl *mochi.Client, _ error, _ bool) { h.b.closePipe(cl) }
 
 // timeout returns how long a publish of cl may wait for durability.
 func (h *hook) timeout(cl *mochi.Client) time.Duration {
@@ -336,8 +357,21 @@ func (h *hook) timeout(cl *mochi.Client) time.Duration {
 // once the record is durable in every such queue; on failure it makes mochi send no success ack:
 // MQTT 5 clients get 0x97 (a queue is full) or 0x80, MQTT 3.1.1 clients get no ack at all.
 func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.Mods.MaxSize == injectMark {
+		pk.Mods.MaxSize = 0 // our re-injection of a stored publish: let mochi ack and deliver it
+		return pk, nil
+	}
 	var buf [4]string
 	qs := h.b.router.route(buf[:0], pk.TopicName, pk.FixedHeader.Qos)
+	if h.b.opts.Pipeline != nil && !cl.Net.Inline {
+		if pk.FixedHeader.Qos == 2 {
+			if p := h.b.existingPipe(cl); p != nil {
+				p.drain()
+			}
+		} else if h.pipelined(cl, pk, qs) {
+			return pk, packets.ErrRejectPacket // mochi does nothing now; the pipe re-injects it
+		}
+	}
 	if len(qs) == 0 {
 		return pk, nil
 	}

@@ -3,6 +3,7 @@ package bridge_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -12,6 +13,9 @@ import (
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	paho3 "github.com/eclipse/paho.mqtt.golang"
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	"golang.org/x/crypto/bcrypt"
@@ -27,7 +31,6 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type rig struct {
 	m    *queue.Manager
 	b    *bridge.Bridge
-	srv  *mqtt.Server
 	addr string
 	reg  *prometheus.Registry
 }
@@ -37,6 +40,43 @@ type rigOptions struct {
 	queues map[string]queue.Config
 	wrap   func(bridge.Enqueuer) bridge.Enqueuer // fault injection around the real manager
 	bopts  bridge.Options
+	// pipeline runs the bridge with pipelined acks on a plain mochi server (mqtt.Server does not
+	// expose InjectPacket); otherwise the bridge blocks in OnPublish on our mqtt.Server.
+	pipeline bool
+}
+
+// forModes runs a test with the blocking bridge and with the pipelined one.
+func forModes(t *testing.T, test func(t *testing.T, pipeline bool)) {
+	t.Run("pipeline=off", func(t *testing.T) { test(t, false) })
+	t.Run("pipeline=on", func(t *testing.T) { test(t, true) })
+}
+
+// startMochi runs a plain mochi server with the bridge pipelining through it.
+func startMochi(t testing.TB, o rigOptions, enq bridge.Enqueuer, reg *prometheus.Registry) (*bridge.Bridge, string, func(context.Context) error) {
+	t.Helper()
+	caps := mochi.NewDefaultServerCapabilities()
+	caps.ReceiveMaximum = 256
+	ms := mochi.New(&mochi.Options{Capabilities: caps, Logger: slog.New(slog.DiscardHandler)})
+	bo := o.bopts
+	bo.Rules, bo.Registerer, bo.Pipeline = o.rules, reg, ms
+	b, err := bridge.New(enq, bo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ms.AddHook(new(auth.AllowHook), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ms.AddHook(b.Hook(), nil); err != nil {
+		t.Fatal(err)
+	}
+	tcp := listeners.NewTCP(listeners.Config{ID: "tcp", Address: "127.0.0.1:0"})
+	if err := ms.AddListener(tcp); err != nil {
+		t.Fatal(err)
+	}
+	if err := ms.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	return b, tcp.Address(), func(context.Context) error { return ms.Close() }
 }
 
 func newRig(t testing.TB, o rigOptions) *rig {
@@ -58,33 +98,41 @@ func newRig(t testing.TB, o rigOptions) *rig {
 		enq = o.wrap(m)
 	}
 	reg := prometheus.NewRegistry()
-	bo := o.bopts
-	bo.Rules, bo.Registerer = o.rules, reg
-	b, err := bridge.New(enq, bo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hash, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := mqtt.New(mqtt.Options{
-		Listeners: []mqtt.Listener{{Name: "tcp", Type: "tcp", Address: "127.0.0.1:0", AllowAnonymous: true}},
-		Users:     []mqtt.User{{Username: "alice", PasswordHash: string(hash)}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.AddHook(b.Hook(), nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
+	var b *bridge.Bridge
+	var addr string
+	var shutdown func(context.Context) error
+	if o.pipeline {
+		b, addr, shutdown = startMochi(t, o, enq, reg)
+	} else {
+		bo := o.bopts
+		bo.Rules, bo.Registerer = o.rules, reg
+		var err error
+		if b, err = bridge.New(enq, bo); err != nil {
+			t.Fatal(err)
+		}
+		hash, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv, err := mqtt.New(mqtt.Options{
+			Listeners: []mqtt.Listener{{Name: "tcp", Type: "tcp", Address: "127.0.0.1:0", AllowAnonymous: true}},
+			Users:     []mqtt.User{{Username: "alice", PasswordHash: string(hash)}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.AddHook(b.Hook(), nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Start(); err != nil {
+			t.Fatal(err)
+		}
+		addr, shutdown = srv.Addr("tcp").String(), srv.Shutdown
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
+		if err := shutdown(ctx); err != nil {
 			t.Errorf("shutdown broker: %v", err)
 		}
 		if err := b.Close(ctx); err != nil && err != bridge.ErrClosed {
@@ -94,7 +142,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 			t.Errorf("close queues: %v", err)
 		}
 	})
-	return &rig{m: m, b: b, srv: srv, addr: srv.Addr("tcp").String(), reg: reg}
+	return &rig{m: m, b: b, addr: addr, reg: reg}
 }
 
 // v5 connects an anonymous MQTT 5 client (paho.golang). Received publishes go to onMsg (may be nil).
@@ -207,8 +255,10 @@ func eventually(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-func TestQoS1DurableBeforePuback(t *testing.T) {
-	r := newRig(t, rigOptions{rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}}})
+func TestQoS1DurableBeforePuback(t *testing.T) { forModes(t, testQoS1DurableBeforePuback) }
+
+func testQoS1DurableBeforePuback(t *testing.T, pipeline bool) {
+	r := newRig(t, rigOptions{pipeline: pipeline, rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}}})
 	got := make(chan *paho.Publish, 100)
 	sub := r.v5(t, "sub", func(p *paho.Publish) { got <- p })
 	if _, err := sub.Subscribe(context.Background(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/#", QoS: 1}}}); err != nil {
@@ -291,8 +341,10 @@ func counter(t testing.TB, reg *prometheus.Registry, name string, labels ...stri
 	return 0
 }
 
-func TestSeveralRulesOneCopyPerQueue(t *testing.T) {
-	r := newRig(t, rigOptions{rules: []bridge.Rule{
+func TestSeveralRulesOneCopyPerQueue(t *testing.T) { forModes(t, testSeveralRulesOneCopyPerQueue) }
+
+func testSeveralRulesOneCopyPerQueue(t *testing.T, pipeline bool) {
+	r := newRig(t, rigOptions{pipeline: pipeline, rules: []bridge.Rule{
 		{Filter: "devices/+/telemetry", Queue: "telemetry"},
 		{Filter: "devices/#", Queue: "all"},
 		{Filter: "devices/+/+", Queue: "telemetry"},
@@ -302,17 +354,26 @@ func TestSeveralRulesOneCopyPerQueue(t *testing.T) {
 	publish(t, dev, &paho.Publish{QoS: 1, Topic: "devices/d1/telemetry", Payload: []byte("t")})
 	publish(t, dev, &paho.Publish{QoS: 1, Topic: "devices/d1/alarm", Payload: []byte("a1")})
 	publish(t, dev, &paho.Publish{QoS: 0, Topic: "devices/d1/alarm", Payload: []byte("a0")})
-	eventually(t, "the QoS 0 alarm in all", func() bool { return ready(t, r.m, "all") == 3 })
-	if n := ready(t, r.m, "telemetry"); n != 3 {
-		t.Errorf("telemetry holds %d, want 3 (t, a1, a0 — each once)", n)
+	// The QoS 0 alarm is written in the background: wait for it in both queues, then check no more came.
+	eventually(t, "the QoS 0 alarm in all and telemetry", func() bool {
+		return ready(t, r.m, "all") == 3 && ready(t, r.m, "telemetry") == 3
+	})
+	publish(t, dev, &paho.Publish{QoS: 1, Topic: "devices/d1/telemetry", Payload: []byte("t2")})
+	if n := ready(t, r.m, "telemetry"); n != 4 {
+		t.Errorf("telemetry holds %d, want 4 (t, a1, a0, t2 — each once)", n)
+	}
+	if n := ready(t, r.m, "all"); n != 4 {
+		t.Errorf("all holds %d, want 4", n)
 	}
 	if n := ready(t, r.m, "alarms"); n != 1 {
 		t.Errorf("alarms holds %d, want 1 (min_qos 1 keeps the QoS 0 alarm out)", n)
 	}
 }
 
-func TestQoS0IsBridgedInBackground(t *testing.T) {
-	r := newRig(t, rigOptions{rules: []bridge.Rule{{Filter: "t/#", Queue: "q"}}})
+func TestQoS0IsBridgedInBackground(t *testing.T) { forModes(t, testQoS0IsBridgedInBackground) }
+
+func testQoS0IsBridgedInBackground(t *testing.T, pipeline bool) {
+	r := newRig(t, rigOptions{pipeline: pipeline, rules: []bridge.Rule{{Filter: "t/#", Queue: "q"}}})
 	dev := r.v3(t, "d3")
 	for i := range 500 {
 		if tok := dev.Publish("t/x", 0, false, fmt.Sprint(i)); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
@@ -346,8 +407,12 @@ func (b *blockingEnqueuer) Enqueue(ctx context.Context, q string, msgs []queue.M
 }
 
 func TestSlowQueueDoesNotStallOtherTopics(t *testing.T) {
+	forModes(t, testSlowQueueDoesNotStallOtherTopics)
+}
+
+func testSlowQueueDoesNotStallOtherTopics(t *testing.T, pipeline bool) {
 	blk := &blockingEnqueuer{queue: "slow", entered: make(chan struct{}, 1), release: make(chan struct{})}
-	r := newRig(t, rigOptions{
+	r := newRig(t, rigOptions{pipeline: pipeline,
 		rules: []bridge.Rule{{Filter: "slow/#", Queue: "slow"}, {Filter: "fast/#", Queue: "fast"}},
 		wrap:  func(e bridge.Enqueuer) bridge.Enqueuer { blk.Enqueuer = e; return blk },
 		bopts: bridge.Options{EnqueueTimeout: time.Minute},
@@ -388,8 +453,12 @@ func TestSlowQueueDoesNotStallOtherTopics(t *testing.T) {
 }
 
 func TestEnqueueTimeoutIsUnspecifiedError(t *testing.T) {
+	forModes(t, testEnqueueTimeoutIsUnspecifiedError)
+}
+
+func testEnqueueTimeoutIsUnspecifiedError(t *testing.T, pipeline bool) {
 	blk := &blockingEnqueuer{queue: "stuck", entered: make(chan struct{}, 1), release: make(chan struct{})}
-	r := newRig(t, rigOptions{
+	r := newRig(t, rigOptions{pipeline: pipeline,
 		rules: []bridge.Rule{{Filter: "stuck", Queue: "stuck"}},
 		wrap:  func(e bridge.Enqueuer) bridge.Enqueuer { blk.Enqueuer = e; return blk },
 		bopts: bridge.Options{EnqueueTimeout: 100 * time.Millisecond},
@@ -404,8 +473,10 @@ func TestEnqueueTimeoutIsUnspecifiedError(t *testing.T) {
 	}
 }
 
-func TestFullQueueRejects(t *testing.T) {
-	r := newRig(t, rigOptions{
+func TestFullQueueRejects(t *testing.T) { forModes(t, testFullQueueRejects) }
+
+func testFullQueueRejects(t *testing.T, pipeline bool) {
+	r := newRig(t, rigOptions{pipeline: pipeline,
 		rules:  []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}},
 		queues: map[string]queue.Config{"telemetry": {MaxMessages: 5, Overflow: "reject"}},
 	})
@@ -464,8 +535,10 @@ func TestFullQueueRejects(t *testing.T) {
 
 // TestQoS2ResendIsNotEnqueuedTwice speaks MQTT 5 by hand to resend a QoS 2 PUBLISH with DUP
 // before PUBREL, as a device does after a lost PUBREC.
-func TestQoS2ResendIsNotEnqueuedTwice(t *testing.T) {
-	r := newRig(t, rigOptions{rules: []bridge.Rule{{Filter: "q2/#", Queue: "q2"}}})
+func TestQoS2ResendIsNotEnqueuedTwice(t *testing.T) { forModes(t, testQoS2ResendIsNotEnqueuedTwice) }
+
+func testQoS2ResendIsNotEnqueuedTwice(t *testing.T, pipeline bool) {
+	r := newRig(t, rigOptions{pipeline: pipeline, rules: []bridge.Rule{{Filter: "q2/#", Queue: "q2"}}})
 	conn, err := net.Dial("tcp", r.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -521,8 +594,10 @@ func TestQoS2ResendIsNotEnqueuedTwice(t *testing.T) {
 	}
 }
 
-func TestClosedBridgeRejects(t *testing.T) {
-	r := newRig(t, rigOptions{rules: []bridge.Rule{{Filter: "x", Queue: "x"}}})
+func TestClosedBridgeRejects(t *testing.T) { forModes(t, testClosedBridgeRejects) }
+
+func testClosedBridgeRejects(t *testing.T, pipeline bool) {
+	r := newRig(t, rigOptions{pipeline: pipeline, rules: []bridge.Rule{{Filter: "x", Queue: "x"}}})
 	dev := r.v5(t, "d", nil)
 	if err := r.b.Close(context.Background()); err != nil {
 		t.Fatal(err)
@@ -538,7 +613,11 @@ func TestClosedBridgeRejects(t *testing.T) {
 // TestManyDevicesEveryPubackedMessageArrives is the test 1 at the bridge level:
 // 50 devices (MQTT 5 and 3.1.1) publish QoS 1 with sequence numbers while a consumer drains the queue.
 func TestManyDevicesEveryPubackedMessageArrives(t *testing.T) {
-	r := newRig(t, rigOptions{rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}}})
+	forModes(t, testManyDevicesEveryPubackedMessageArrives)
+}
+
+func testManyDevicesEveryPubackedMessageArrives(t *testing.T, pipeline bool) {
+	r := newRig(t, rigOptions{pipeline: pipeline, rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}}})
 	const devices, perDevice = 50, 40
 	acked := make([][]bool, devices)
 	var wg sync.WaitGroup

@@ -61,7 +61,13 @@ func startQueues(ctx context.Context, cfg *configs.Config, srv *mqtt.Server, mux
 	if err != nil {
 		return nil, fmt.Errorf("open queues: %w", err)
 	}
-	b, err := bridge.New(m, bridge.Options{Rules: rules, Logger: log, Registerer: reg})
+	bopts := bridge.Options{Rules: rules, Logger: log, Registerer: reg}
+	// Pipelined acks need the broker to re-inject stored publishes (mochi's InjectPacket); they turn on
+	// when mqtt.Server offers it.
+	if inj, ok := any(srv).(bridge.Injector); ok {
+		bopts.Pipeline = inj
+	}
+	b, err := bridge.New(m, bopts)
 	if err != nil {
 		return nil, errors.Join(err, m.Close())
 	}
@@ -76,7 +82,8 @@ func startQueues(ctx context.Context, cfg *configs.Config, srv *mqtt.Server, mux
 		}
 		api.Register(mux)
 	}
-	log.Info().Int("rules", len(rules)).Strs("queues", m.Queues()).Int("api_keys", len(keys)).Msg("queues started")
+	log.Info().Int("rules", len(rules)).Strs("queues", m.Queues()).Int("api_keys", len(keys)).
+		Bool("pipelined_acks", bopts.Pipeline != nil).Msg("queues started")
 	return func(ctx context.Context) error {
 		if api != nil {
 			api.Close()

@@ -1,0 +1,296 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/sluicemq/sluice/queue"
+)
+
+// Injector runs a PUBLISH through the broker as if the client had just sent it: *mochi.Server's
+// InjectPacket. With one, the bridge pipelines QoS 1 acks (see Options.Pipeline).
+type Injector interface {
+	InjectPacket(cl *mochi.Client, pk packets.Packet) error
+}
+
+// injectMark in Mods.MaxSize tells OnPublish that a packet is the bridge's own re-injection.
+// Packets read from a client never carry Mods (mochi sets them only on outbound packets), and
+// OnPublish clears the mark before mochi uses the packet.
+const injectMark = 0x5b1c_e0ff
+
+// Pipelining: the hook does not block the client's read goroutine while a QoS 1 record is being
+// made durable. It hands the record to the client's writer goroutine (which writes everything
+// that accumulated during the previous group commit as one ordered batch), tells mochi to drop the
+// packet for now (ErrRejectPacket: no ack, no delivery, no quota change), and queues it on the
+// client's FIFO. The client's pipe goroutine waits for each record in order and, once it is
+// durable, re-injects the PUBLISH into
+// mochi, which then does exactly what it does for any publish: ACL, retain, PUBACK, delivery to
+// subscribers, hooks. On failure it writes the failure PUBACK itself (MQTT 5) or nothing (3.1.1).
+//
+// While a client has publishes in its pipe, its later publishes (bridged or not, QoS 0 or 1) go
+// through the pipe too, so PUBACKs leave in the order the PUBLISHes came [MQTT-4.6.0-2] and
+// subscribers see each topic in order. QoS 2 publishes first wait for the pipe to drain and are
+// then handled without pipelining: mochi's QoS 2 state (PUBREC in flight, DUP resends) stays
+// mochi's. The pipe holds at most PipelineDepth publishes; a client that sends more waits.
+
+type pipe struct {
+	cl      *mochi.Client
+	items   chan *pending // in arrival order, for the acks
+	pending atomic.Int64  // items queued and not yet handled
+
+	mu      sync.Mutex
+	toWrite []*pending // bridged publishes not yet handed to the queues, in arrival order
+	closed  bool
+	wake    chan struct{} // capacity 1: toWrite grew or the pipe closed
+}
+
+type pending struct {
+	pk      packets.Packet
+	qs      []string      // queues to write into (none: only keep the order)
+	msg     queue.Message // the record, when qs is not empty
+	done    chan struct{} // closed once written (nil: nothing to wait for)
+	err     error         // of the write
+	barrier chan struct{} // non-nil: just signal when reached
+}
+
+// pipeFor returns the client's pipe, creating it (and its goroutine) on first use.
+func (b *Bridge) pipeFor(cl *mochi.Client) *pipe {
+	b.pipesMu.Lock()
+	defer b.pipesMu.Unlock()
+	if p := b.pipes.pipes[cl]; p != nil {
+		return p
+	}
+	p := &pipe{cl: cl, items: make(chan *pending, b.opts.PipelineDepth), wake: make(chan struct{}, 1)}
+	b.pipes.pipes[cl] = p
+	b.pipeWG.Add(2)
+	go b.runPipe(p)
+	go b.runWriter(p)
+	return p
+}
+
+func (b *Bridge) existingPipe(cl *mochi.Client) *pipe {
+	b.pipesMu.Lock()
+	defer b.pipesMu.Unlock()
+	return b.pipes.pipes[cl]
+}
+
+// push queues it on p; it blocks while the pipe is full (backpressure on this client only).
+func (p *pipe) push(it *pending) {
+	p.pending.Add(1)
+	p.items <- it
+}
+
+// drain waits until every publish queued on p so far has been handled.
+func (p *pipe) drain() {
+	if p.pending.Load() == 0 {
+		return
+	}
+	bar := make(chan struct{})
+	p.push(&pending{barrier: bar})
+	<-bar
+}
+
+// closePipe ends the client's pipe after its read loop ended (OnDisconnect runs on the client's
+// own goroutine, after its last OnPublish). Queued publishes are still written to their queues.
+func (b *Bridge) closePipe(cl *mochi.Client) {
+	b.pipesMu.Lock()
+	p := b.pipes.pipes[cl]
+	delete(b.pipes.pipes, cl)
+	b.pipesMu.Unlock()
+	if p != nil {
+		close(p.items)
+		p.mu.Lock()
+		p.closed = true
+		p.mu.Unlock()
+		p.signal()
+	}
+}
+
+func (p *pipe) signal() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// runWriter writes the pipe's bridged publishes into their queues: everything that arrived while
+// the previous write was waiting for its group commit goes in one Enqueue per queue, so one client
+// shares a commit among up to PipelineDepth publishes and its records keep their order.
+func (b *Bridge) runWriter(p *pipe) {
+	defer b.pipeWG.Done()
+	for range p.wake {
+		for {
+			p.mu.Lock()
+			batch, closed := p.toWrite, p.closed
+			p.toWrite = nil
+			p.mu.Unlock()
+			if len(batch) == 0 {
+				if closed {
+					return
+				}
+				break
+			}
+			b.writeBatch(batch)
+		}
+	}
+}
+
+// writeBatch writes the records of batch (in order) into their queues, queues concurrently, and
+// marks each publish done with the first failure among its queues (a full queue wins).
+func (b *Bridge) writeBatch(batch []*pending) {
+	byQueue := map[string][]*pending{}
+	var order []string
+	for _, it := range batch {
+		for _, q := range it.qs {
+			if byQueue[q] == nil {
+				order = append(order, q)
+			}
+			byQueue[q] = append(byQueue[q], it)
+		}
+	}
+	var mu sync.Mutex
+	fail := func(it *pending, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if it.err == nil {
+			it.err = err
+		} else if _, full := failure(err); full {
+			it.err = err
+		}
+	}
+	var wg sync.WaitGroup
+	for _, q := range order {
+		wg.Go(func() {
+			its := byQueue[q]
+			if err := b.enqueueBatch(q, its); err != nil {
+				if len(its) > 1 && errors.Is(err, queue.ErrTooLarge) {
+					for _, it := range its { // find the one too large; the others go in
+						if err := b.enqueueBatch(q, []*pending{it}); err != nil {
+							fail(it, err)
+						}
+					}
+					return
+				}
+				for _, it := range its {
+					fail(it, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, it := range batch {
+		close(it.done)
+	}
+}
+
+func (b *Bridge) enqueueBatch(q string, its []*pending) error {
+	msgs := make([]queue.Message, len(its))
+	for i, it := range its {
+		msgs[i] = it.msg
+	}
+	if b.closed.Load() {
+		b.metrics.failures(q, "closed", len(msgs))
+		return ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), b.opts.EnqueueTimeout)
+	defer cancel()
+	start := time.Now()
+	if _, err := b.q.Enqueue(ctx, q, msgs); err != nil {
+		reason, _ := failure(err)
+		b.metrics.failures(q, reason, len(msgs))
+		return fmt.Errorf("enqueue into %q: %w", q, err)
+	}
+	d := time.Since(start)
+	for _, m := range msgs {
+		b.metrics.enqueued(q, m.QoS, d)
+	}
+	return nil
+}
+
+func (b *Bridge) runPipe(p *pipe) {
+	defer b.pipeWG.Done()
+	for it := range p.items {
+		switch {
+		case it.barrier != nil:
+			close(it.barrier)
+		default:
+			if it.done != nil {
+				<-it.done
+			}
+			if it.err != nil {
+				b.failAck(p.cl, it.pk, it.err)
+			} else {
+				pk := it.pk
+				pk.Mods.MaxSize = injectMark
+				// The topic alias was resolved when the packet was read; do not set it again.
+				pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
+				_ = b.opts.Pipeline.InjectPacket(p.cl, pk) // fails only when the client is gone: it resends
+			}
+		}
+		p.pending.Add(-1)
+	}
+}
+
+// failAck tells the publisher its publish was not stored: MQTT 5 gets a PUBACK with a reason code,
+// MQTT 3.1.1 nothing (it resends).
+func (b *Bridge) failAck(cl *mochi.Client, pk packets.Packet, err error) {
+	if cl.Properties.ProtocolVersion != 5 || pk.FixedHeader.Qos == 0 {
+		return
+	}
+	code := packets.ErrUnspecifiedError
+	if _, full := failure(err); full {
+		code = packets.ErrQuotaExceeded
+	}
+	_ = cl.WritePacket(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Puback},
+		PacketID:    pk.PacketID,
+		ReasonCode:  code.Code,
+		Properties:  packets.Properties{ReasonString: code.Reason},
+	})
+}
+
+// pipelined handles a QoS 0 or 1 publish of a network client when pipelining is on. It returns
+// handled=false when the publish should take the ordinary path (nothing pending, nothing to store).
+func (h *hook) pipelined(cl *mochi.Client, pk packets.Packet, qs []string) (handled bool) {
+	b := h.b
+	p := b.existingPipe(cl)
+	busy := p != nil && p.pending.Load() > 0
+	if pk.FixedHeader.Qos == 0 || len(qs) == 0 {
+		if !busy {
+			return false
+		}
+		// Behind pending publishes: keep the order.
+		if len(qs) > 0 {
+			msg := b.message(cl, &pk)
+			for _, q := range qs {
+				b.offer(q, msg)
+			}
+		}
+		p.push(&pending{pk: pk})
+		return true
+	}
+	if p == nil {
+		p = b.pipeFor(cl)
+	}
+	it := &pending{pk: pk, qs: slices.Clone(qs), msg: b.message(cl, &pk), done: make(chan struct{})}
+	p.push(it) // first: the ack order; blocks while the pipe is full
+	p.mu.Lock()
+	p.toWrite = append(p.toWrite, it)
+	p.mu.Unlock()
+	p.signal()
+	return true
+}
+
+// pipes is the per-client state of pipelining, guarded by pipesMu.
+type pipes struct {
+	pipesMu sync.Mutex
+	pipes   map[*mochi.Client]*pipe
+}
