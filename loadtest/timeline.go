@@ -21,6 +21,7 @@ type timeline struct {
 func (r *run) startTimeline(connected func() int64) *timeline {
 	ctx, cancel := context.WithCancel(context.Background())
 	tl := &timeline{r: r, connected: connected, cancel: cancel, done: make(chan struct{}), phase: "run"}
+	tl.samples = append(tl.samples, Sample{T: time.Since(r.start).Seconds(), Sent: r.sent.Load(), Received: r.received.Load(), Connected: connected()})
 	go tl.loop(ctx)
 	return tl
 }

@@ -42,14 +42,18 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	st.bin = filepath.Join(dir, "sluice")
-	// The broker is built without -race: the suite measures its memory and latency as users run it,
-	// and a 10,000-connection storm under the race detector measures the detector.
-	build := exec.Command("go", "build", "-o", st.bin, "github.com/sluicemq/sluice/cmd/sluice")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "chaos: build sluice:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
+	if bin := os.Getenv("SLUICE_CHAOS_BIN"); bin != "" {
+		st.bin = bin // a binary built elsewhere (e.g. from a release)
+	} else {
+		// The broker is built without -race: the suite measures its memory and latency as users run
+		// it, and a 10,000-connection storm under the race detector measures the detector.
+		build := exec.Command("go", "build", "-o", st.bin, "github.com/sluicemq/sluice/cmd/sluice")
+		build.Stderr = os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "chaos: build sluice:", err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
 	}
 	raiseFileLimit()
 	start := time.Now()
