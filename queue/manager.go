@@ -331,12 +331,11 @@ func (m *Manager) Receive(ctx context.Context, q string, maxMsgs int, lease time
 	out := make([]Delivery, 0, len(got))
 	for _, g := range got {
 		b, err := qu.src.log.Read(g.index)
+		if errors.Is(err, wal.ErrNotFound) {
+			continue // purged and reclaimed meanwhile: its lease does not matter any more
+		}
 		if err != nil {
-			if errors.Is(err, ErrClosed) {
-				return nil, ErrClosed
-			}
-			// Purged and reclaimed meanwhile: its lease does not matter any more.
-			continue
+			return nil, qu.walErr(fmt.Sprintf("read message %d", g.index), err)
 		}
 		r, err := decodeRecordAlias(b, true) // b is our own copy
 		if err != nil {
@@ -591,11 +590,11 @@ func max64(a, b uint64) uint64 {
 
 func (q *queue) readDead(i uint64) (*record, error) {
 	b, err := q.dead.log.Read(i)
-	if err != nil {
-		if errors.Is(err, ErrClosed) {
-			return nil, ErrClosed
-		}
+	if errors.Is(err, wal.ErrNotFound) {
 		return nil, errSkip // removed meanwhile
+	}
+	if err != nil {
+		return nil, q.walErr(fmt.Sprintf("read dead letter %d", i), err)
 	}
 	r, err := decodeRecordAlias(b, true)
 	if err != nil {
