@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"sync"
@@ -56,11 +57,12 @@ type upParams struct {
 	// the publishes that can be in flight, so the reader never blocks on it.
 	results chan<- upResult
 	// downlink, when subscribe is non-empty: messages are passed to onMessage on the reader goroutine,
-	// which must not block for long (the upstream sends at most inflightIn unacknowledged ones).
+	// which must not block for long (the upstream sends at most inflightIn unacknowledged ones), and
+	// must give up when gone (the connection's end) is closed.
 	subscribe  []string
 	subQoS     byte
 	inflightIn uint16
-	onMessage  func(upIn)
+	onMessage  func(m upIn, gone <-chan struct{})
 }
 
 // upstreamConn is one live connection to the upstream broker. publish and flush are called from the
@@ -160,6 +162,17 @@ type upWriteBuffer struct {
 	conn    net.Conn
 	bw      *bufio.Writer
 	timeout time.Duration
+}
+
+// writeLocked writes a packet into the buffer; a write reaching the socket gets the deadline too.
+func (w *upWriteBuffer) writeLocked(wt interface {
+	WriteTo(io.Writer) (int64, error)
+}) error {
+	if w.bw.Available() < 4096 {
+		_ = w.conn.SetWriteDeadline(time.Now().Add(w.timeout))
+	}
+	_, err := wt.WriteTo(w.bw)
+	return err
 }
 
 func (w *upWriteBuffer) flushLocked() error {

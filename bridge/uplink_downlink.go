@@ -108,8 +108,10 @@ func (d *upDownlink) params(p *upParams) {
 	p.onMessage = d.offer
 }
 
-// offer is called on the connection's reader goroutine.
-func (d *upDownlink) offer(m upIn) {
+// offer is called on the connection's reader goroutine. A QoS 1/2 message waits for room (the
+// upstream sends at most Buffer of them unacknowledged) unless the connection ends: it is then not
+// acknowledged, and lost with the clean session.
+func (d *upDownlink) offer(m upIn, gone <-chan struct{}) {
 	if m.qos == 0 {
 		select {
 		case d.in <- m:
@@ -118,7 +120,11 @@ func (d *upDownlink) offer(m upIn) {
 		}
 		return
 	}
-	d.in <- m // bounded by the Receive Maximum told to the upstream
+	select {
+	case d.in <- m:
+	case <-gone:
+		d.u.metrics.down("dropped")
+	}
 }
 
 func (d *upDownlink) start(ctx context.Context) {

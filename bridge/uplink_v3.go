@@ -63,13 +63,13 @@ func connectV3(ctx context.Context, p upParams) (*v3Conn, error) {
 		return nil, &ConnectError{URL: upRedactURL(p.url), Err: err}
 	}
 	for _, f := range p.subscribe {
-		onMessage := p.onMessage
+		onMessage, gone := p.onMessage, c.upLost.ch
 		st := c.cl.Subscribe(f, p.subQoS, func(_ paho3.Client, m paho3.Message) {
 			im := upIn{topic: m.Topic(), qos: m.Qos(), retain: m.Retained(), payload: m.Payload()}
 			if m.Qos() > 0 {
 				im.ack = m.Ack
 			}
-			onMessage(im)
+			onMessage(im, gone)
 		})
 		if !st.WaitTimeout(p.timeout) || st.Error() != nil {
 			c.cl.Disconnect(0)
@@ -100,8 +100,7 @@ func (c *v3Conn) wait() {
 			<-pd.tok.Done() // paho completes every token when the connection ends (clean session)
 		}
 		if err := pd.tok.Error(); err != nil {
-			c.fail(fmt.Errorf("publish: %w", err))
-			go c.cl.Disconnect(0)
+			c.fail(fmt.Errorf("publish: %w", err)) // the drain loop then closes the connection
 			continue
 		}
 		c.results <- upResult{seq: pd.seq}
@@ -124,13 +123,14 @@ func (c *v3Conn) window() int  { return v3Window }
 func (c *v3Conn) maxQoS() byte { return 2 }
 
 func (c *v3Conn) close() {
+	quiesce := uint(250)
 	select {
 	case <-c.upLost.ch:
-		c.cl.Disconnect(0)
+		quiesce = 0
 	default:
-		c.cl.Disconnect(250)
-		c.fail(errUpClosed)
 	}
+	c.fail(errUpClosed) // first: a downlink handler blocked on a full buffer gives up
+	c.cl.Disconnect(quiesce)
 	close(c.tokens)
 	c.wg.Wait()
 }

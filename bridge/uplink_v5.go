@@ -182,7 +182,7 @@ func (c *v5Conn) publish(m *upOut) error {
 		c.mu.Unlock()
 	}
 	c.w.mu.Lock()
-	_, err := cp.WriteTo(c.w.bw)
+	err := c.w.writeLocked(cp)
 	c.w.mu.Unlock()
 	if err != nil {
 		c.fail(fmt.Errorf("write: %w", err))
@@ -206,7 +206,7 @@ func (c *v5Conn) flush() error {
 // send writes one control packet and flushes; used by the reader and pinger goroutines.
 func (c *v5Conn) send(cp *packets.ControlPacket) {
 	c.w.mu.Lock()
-	_, err := cp.WriteTo(c.w.bw)
+	err := c.w.writeLocked(cp)
 	if err == nil {
 		err = c.w.flushLocked()
 	}
@@ -307,7 +307,7 @@ func (c *v5Conn) inbound(pk *packets.Publish) {
 			c.send(a)
 		}
 	}
-	c.p.onMessage(m)
+	c.p.onMessage(m, c.upLost.ch)
 }
 
 func (c *v5Conn) pingLoop() {
