@@ -24,11 +24,21 @@
 // OnPublish once per packet id and answers a resent PUBLISH whose PUBREC is in flight without
 // calling the hook again.
 //
-// # Concurrency
+// # Concurrency and pipelining
 //
 // mochi runs OnPublish on the publishing client's read goroutine, so a slow or full queue only
 // stalls the connections publishing into it; the hook holds no lock shared between clients.
 // Writes for several queues of one message run concurrently.
+//
+// Blocking in OnPublish caps one connection at one group commit per message (a gateway with 100
+// messages in flight gets ~1/fsync-latency messages/s). With Options.Pipeline set to the broker's
+// *mochi.Server (its InjectPacket), QoS 1 publishes are pipelined instead: the hook hands the record
+// to the client's writer, which writes everything that arrived during the previous commit as one
+// ordered batch, and re-injects each publish into mochi once it is durable, so mochi acks and
+// delivers it as usual. PUBACKs keep the order of the PUBLISHes, records keep the client's order,
+// subscribers see each topic in order, and a client with PipelineDepth publishes waiting is slowed
+// down. QoS 2 is never pipelined. mochi's own $SYS received-message counters count a pipelined
+// publish twice (read and re-injected).
 //
 // # Example
 //

@@ -122,3 +122,34 @@ func BenchmarkMatch(b *testing.B) {
 		Match("devices/+/telemetry", "devices/sensor-00042/telemetry")
 	}
 }
+
+// matchRef is Match written the obvious way, to fuzz against.
+func matchRef(filter, topic string) bool {
+	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	f, tl := strings.Split(filter, "/"), strings.Split(topic, "/")
+	for i, l := range f {
+		if l == "#" {
+			return true
+		}
+		if i >= len(tl) || (l != "+" && l != tl[i]) {
+			return false
+		}
+	}
+	return len(f) == len(tl)
+}
+
+func FuzzMatch(f *testing.F) {
+	for _, s := range [][2]string{{"a/+/c", "a/b/c"}, {"a/#", "a"}, {"#", "$SYS/x"}, {"+/+", "a//"}, {"a//#", "a/"}} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, filter, topic string) {
+		if ValidateFilter(filter) != nil || topic == "" || strings.ContainsAny(topic, "+#") {
+			return
+		}
+		if got, want := Match(filter, topic), matchRef(filter, topic); got != want {
+			t.Fatalf("Match(%q, %q) = %v, reference says %v", filter, topic, got, want)
+		}
+	})
+}
