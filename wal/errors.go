@@ -22,6 +22,8 @@ var (
 	ErrLocked = errors.New("wal: directory is locked by another open log")
 	// ErrCorrupt is wrapped by every *CorruptionError.
 	ErrCorrupt = errors.New("wal: corrupt")
+	// ErrTooLarge is returned by Append for more than MaxAppendSize bytes of records.
+	ErrTooLarge = errors.New("wal: append too large")
 	// ErrInvalidOptions is wrapped by Open for an invalid Options value.
 	ErrInvalidOptions = errors.New("wal: invalid options")
 )

@@ -130,9 +130,9 @@ type scanResult struct {
 }
 
 // scanSegment checks every entry of a segment whose first index is start,
-// calling fn (if not nil) with each good record in order; an error from fn
-// stops the scan and is returned in err.
-func scanSegment(data []byte, start uint64, fn func(index uint64, payload []byte) error) scanResult {
+// calling fn (if not nil) with each good record in order and the offset just
+// past its entry; an error from fn stops the scan and is returned in err.
+func scanSegment(data []byte, start uint64, fn func(index uint64, payload []byte, end int) error) scanResult {
 	var r scanResult
 	for r.goodEnd < len(data) {
 		want := start + r.count
@@ -145,7 +145,7 @@ func scanSegment(data []byte, start uint64, fn func(index uint64, payload []byte
 			return r
 		}
 		if fn != nil {
-			if err := fn(index, payload); err != nil {
+			if err := fn(index, payload, r.goodEnd+n); err != nil {
 				r.err = err
 				return r
 			}

@@ -10,7 +10,7 @@ import (
 // goes through it, so tests can fail, tear or corrupt them.
 //
 // What it covers: creating and locking the directory, listing it, reading segment files
-// while verifying and repairing them on Open, the .broken copies, truncating
+// (Read, Scan, and verifying and repairing them on Open), the .broken copies, truncating
 // a torn segment, renaming and removing segment files, the fsync of the tail
 // segment that makes an append durable, and every directory fsync.
 //
@@ -42,6 +42,7 @@ type FS interface {
 
 // File is an open file as FS returns it.
 type File interface {
+	ReadAt(p []byte, off int64) (int, error)
 	Write(p []byte) (int, error)
 	Sync() error
 	Close() error

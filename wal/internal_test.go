@@ -207,18 +207,38 @@ func checkSegs(t *testing.T, l *Log, dir string) {
 	// ops run on the writer: read its state there
 	done := make(chan struct{})
 	var segs []uint64
+	var ends [][]uint32
 	var tail string
 	var tailSize int
 	l.ops <- func() {
-		l.segMu.Lock()
+		l.segMu.RLock()
 		segs = slices.Clone(l.segs)
-		l.segMu.Unlock()
+		for _, e := range l.ends {
+			ends = append(ends, slices.Clone(e))
+		}
+		l.segMu.RUnlock()
 		tail, tailSize = l.w.tailPath, l.w.tailSize
 		close(done)
 	}
 	<-done
 	if !slices.Equal(segs, onDisk) {
 		t.Fatalf("writer knows segments %v, directory has %v", segs, onDisk)
+	}
+	for k, start := range segs {
+		data, err := os.ReadFile(filepath.Join(dir, segmentName(start)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []uint32
+		if res := scanSegment(data, start, func(_ uint64, _ []byte, end int) error {
+			want = append(want, uint32(end))
+			return nil
+		}); res.err != nil {
+			t.Fatalf("segment %d: %v", start, res.err)
+		}
+		if !slices.Equal(ends[k], want) {
+			t.Fatalf("segment %d: offset table %v, file has entries ending at %v", start, ends[k], want)
+		}
 	}
 	if want := filepath.Join(dir, segmentName(onDisk[len(onDisk)-1])); tail != want {
 		t.Fatalf("writer fsyncs %s, tail is %s", tail, want)
@@ -299,12 +319,15 @@ func FuzzDecode(f *testing.F) {
 		}
 		var again []byte
 		next := uint64(1)
-		res := scanSegment(data, 1, func(idx uint64, p []byte) error {
+		res := scanSegment(data, 1, func(idx uint64, p []byte, end int) error {
 			if idx != next {
 				t.Fatalf("scan accepted index %d, want %d", idx, next)
 			}
 			next++
 			again = append(again, entry(idx, p)...)
+			if end != len(again) {
+				t.Fatalf("entry %d ends at %d, want %d", idx, end, len(again))
+			}
 			return nil
 		})
 		if res.err != nil {
@@ -388,9 +411,7 @@ func TestTruncateReopensTidwall(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkSegs(t, l, dir)
-		l.readMu.Lock()
-		twFirst, err := l.tw.FirstIndex()
-		l.readMu.Unlock()
+		twFirst, err := tidwallFirst(l)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -404,10 +425,7 @@ func TestTruncateReopensTidwall(t *testing.T) {
 			}
 		}
 	}
-	l.readMu.Lock()
-	twFirst, _ := l.tw.FirstIndex()
-	l.readMu.Unlock()
-	if twFirst == 1 {
+	if twFirst, _ := tidwallFirst(l); twFirst == 1 {
 		t.Fatal("tidwall/wal was never reopened: it still starts at 1")
 	}
 }
@@ -448,4 +466,15 @@ func FuzzOpen(f *testing.F) {
 			t.Fatalf("append after open: %d, %v; want %d", first, err, last+1)
 		}
 	})
+}
+
+// tidwallFirst asks tidwall/wal for its first index, on the writer.
+func tidwallFirst(l *Log) (first uint64, err error) {
+	done := make(chan struct{})
+	l.ops <- func() {
+		first, err = l.tw.FirstIndex()
+		close(done)
+	}
+	<-done
+	return first, err
 }

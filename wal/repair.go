@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -30,9 +31,10 @@ func parseSegmentName(name string) (uint64, bool) {
 
 // recovered is the state of the directory after recover, handed to tidwall/wal.
 type recovered struct {
-	segs     []uint64 // first index of every segment, ascending
-	last     uint64   // last good index (segs[0]-1 if the log has no records; 0 if new)
-	tailSize int      // bytes in the tail segment
+	segs     []uint64   // first index of every segment, ascending
+	ends     [][]uint32 // per segment, the end offset of every entry
+	last     uint64     // last good index (segs[0]-1 if the log has no records; 0 if new)
+	tailSize int        // bytes in the tail segment
 }
 
 // recover cleans up an interrupted tidwall/wal truncation, verifies every
@@ -68,8 +70,16 @@ func (l *Log) recover() (recovered, error) {
 		if err != nil {
 			return rec, fmt.Errorf("wal: read segment %s: %w", name, err)
 		}
-		res := scanSegment(data, start, nil)
+		if int64(len(data)) > math.MaxUint32 {
+			return rec, fmt.Errorf("wal: segment %s is %d bytes, over the 4 GiB this package reads", name, len(data))
+		}
+		var ends []uint32
+		res := scanSegment(data, start, func(_ uint64, _ []byte, end int) error {
+			ends = append(ends, uint32(end))
+			return nil
+		})
 		rec.segs = append(rec.segs, start)
+		rec.ends = append(rec.ends, ends)
 		rec.last = start + res.count - 1
 		rec.tailSize = res.goodEnd
 		if res.err == nil {

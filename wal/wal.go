@@ -39,6 +39,13 @@ const (
 	DefaultSegmentSize  = 4 << 20
 	DefaultSyncInterval = 10 * time.Millisecond
 	DefaultMaxBatch     = 4096
+
+	// MaxSegmentSize bounds Options.SegmentSize (entry offsets are 32-bit).
+	MaxSegmentSize = 1 << 30
+	// MaxAppendSize bounds the bytes of one Append's records.
+	MaxAppendSize = 1 << 30
+	// maxBatchBytes stops a group commit from taking more requests.
+	maxBatchBytes = 64 << 20
 )
 
 // Options configure a Log. The zero value is valid.
@@ -73,6 +80,9 @@ func (o Options) withDefaults() (Options, error) {
 	if o.SegmentSize == 0 {
 		o.SegmentSize = DefaultSegmentSize
 	}
+	if o.SegmentSize > MaxSegmentSize {
+		return o, fmt.Errorf("%w: segment size %d is over the %d limit", ErrInvalidOptions, o.SegmentSize, MaxSegmentSize)
+	}
 	switch o.Sync {
 	case "":
 		o.Sync = SyncAlways
@@ -105,7 +115,7 @@ type Log struct {
 	opts Options
 	fs   FS
 	log  zerolog.Logger
-	tw   *tidwall.Log // replaced only by the writer, holding readMu (reopenTidwall)
+	tw   *tidwall.Log // used only by the writer (and Open)
 	lock io.Closer    // the directory's LOCK file
 
 	reqs chan *appendReq // to the writer
@@ -124,10 +134,11 @@ type Log struct {
 	batches, records atomic.Uint64 // group commits done, records in them
 	reqPool          sync.Pool     // of *appendReq
 
-	readMu sync.Mutex // serializes tidwall/wal reads: they mutate its segment cache (upstream #34)
+	segMu sync.RWMutex
+	segs  []uint64   // first index of every segment, ascending; guarded by segMu
+	ends  [][]uint32 // per segment, the end offset of every entry; guarded by segMu
 
-	segMu sync.Mutex
-	segs  []uint64 // first index of every segment, ascending; guarded by segMu
+	rd readers // open segment files for Read
 
 	// truncMu is held exclusively while TruncateFront removes segment
 	// files, and shared while Scan reads one.
@@ -149,8 +160,10 @@ type writer struct {
 	dirty    bool   // written but not fsynced
 	batch    tidwall.Batch
 	pending  []*appendReq
-	rolls    []uint64
-	lastReqs int // requests in the last batch
+	rolls    []uint64   // first indexes of the segments the batch creates
+	ends     []uint32   // entry ends the batch adds to the current tail
+	rollEnds [][]uint32 // entry ends in each segment the batch creates
+	lastReqs int        // requests in the last batch
 	timer    *time.Timer
 	timerOn  bool
 	closeErr error
@@ -266,6 +279,7 @@ func (l *Log) openTidwall() (*tidwall.Log, error) {
 func (l *Log) start(rec recovered) error {
 	if len(rec.segs) == 0 { // tidwall/wal created the first segment
 		rec.segs = []uint64{1}
+		rec.ends = [][]uint32{nil}
 		rec.last = 0
 	}
 	first, err := l.tw.FirstIndex()
@@ -282,7 +296,8 @@ func (l *Log) start(rec recovered) error {
 	if err := l.fs.SyncDir(l.dir); err != nil {
 		return fmt.Errorf("wal: sync dir: %w", err)
 	}
-	l.segs = rec.segs
+	l.segs, l.ends = rec.segs, rec.ends
+	l.rd.open = make(map[uint64]*segReader)
 	l.first.Store(rec.segs[0])
 	l.durable.Store(rec.last)
 	l.w.written = rec.last
@@ -312,6 +327,9 @@ func (l *Log) Append(ctx context.Context, recs ...[]byte) (first, last uint64, e
 			return 0, 0, fmt.Errorf("%w: record %d of %d is empty", ErrEmptyRecord, i, len(recs))
 		}
 		size += frameHeaderSize + len(r)
+	}
+	if size > MaxAppendSize {
+		return 0, 0, fmt.Errorf("%w: %d bytes in one append, over the %d limit", ErrTooLarge, size, MaxAppendSize)
 	}
 	if err := ctx.Err(); err != nil {
 		return 0, 0, err
@@ -373,8 +391,10 @@ func (l *Log) recycle(req *appendReq) {
 }
 
 // Read returns a copy of the record at index. It returns ErrNotFound outside
-// [FirstIndex, LastIndex], a *CorruptionError if the record fails its CRC,
-// and ErrClosed after Close.
+// [FirstIndex, LastIndex], a *CorruptionError if the record fails its checks
+// (damage that appeared after Open), and ErrClosed after Close. Reads run
+// concurrently: each is one pread of the record's entry, located by an
+// in-memory table of entry offsets (4 bytes a record).
 func (l *Log) Read(index uint64) ([]byte, error) {
 	if l.isClosed.Load() {
 		return nil, ErrClosed
@@ -382,62 +402,49 @@ func (l *Log) Read(index uint64) ([]byte, error) {
 	if index == 0 || index < l.first.Load() || index > l.durable.Load() {
 		return nil, ErrNotFound
 	}
-	rec, err := l.read(index)
+	l.segMu.RLock()
+	k := sort.Search(len(l.segs), func(i int) bool { return l.segs[i] > index }) - 1
+	if k < 0 || index-l.segs[k] >= uint64(len(l.ends[k])) {
+		l.segMu.RUnlock()
+		return nil, ErrNotFound // truncated meanwhile
+	}
+	start, i := l.segs[k], index-l.segs[k]
+	var off uint32
+	if i > 0 {
+		off = l.ends[k][i-1]
+	}
+	end := l.ends[k][i]
+	l.segMu.RUnlock()
+
+	corrupt := func(reason string) error {
+		return &CorruptionError{Segment: segmentName(start), Index: index, Offset: int64(off), Reason: reason}
+	}
+	r, err := l.acquire(start)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, len(rec))
-	copy(out, rec)
-	return out, nil
-}
-
-// read reads and checks the record at index and returns its payload, which
-// points into tidwall/wal's segment buffer (opened with NoCopy): those bytes
-// are never rewritten (appends go past them, reloads use new buffers), but
-// the caller must not modify them.
-func (l *Log) read(index uint64) ([]byte, error) {
-	data, err := l.twRead(index)
-	var pe panicError
-	switch {
-	case err == nil:
-	case errors.As(err, &pe):
-		return nil, &CorruptionError{Segment: l.segmentOf(index), Index: index, Offset: -1, Reason: pe.Error()}
-	case errors.Is(err, tidwall.ErrNotFound) || index < l.first.Load():
-		// below FirstIndex: a concurrent TruncateFront removed it
-		return nil, ErrNotFound
-	case errors.Is(err, tidwall.ErrClosed):
-		return nil, ErrClosed
-	case errors.Is(err, tidwall.ErrCorrupt):
-		return nil, &CorruptionError{Segment: l.segmentOf(index), Index: index, Offset: -1, Reason: "unreadable entry length"}
-	default:
-		return nil, fmt.Errorf("wal: read %d: %w", index, err)
-	}
-	payload, err := decodeRecord(data, index)
-	if err != nil {
-		return nil, &CorruptionError{Segment: l.segmentOf(index), Index: index, Offset: -1, Reason: err.Error()}
-	}
-	return payload, nil
-}
-
-// panicError is a panic of tidwall/wal turned into an error.
-type panicError struct{ v any }
-
-func (e panicError) Error() string {
-	return fmt.Sprintf("tidwall/wal panicked reading the segment: %v", e.v)
-}
-
-// twRead is tidwall/wal's Read, serialized, with a panic turned into an
-// error: a segment damaged after Open (say, a length whose bit flipped, so
-// entries merge) makes tidwall/wal index past the entries it found.
-func (l *Log) twRead(index uint64) (data []byte, err error) {
-	l.readMu.Lock()
-	defer l.readMu.Unlock()
-	defer func() {
-		if v := recover(); v != nil {
-			data, err = nil, panicError{v}
+	buf := make([]byte, end-off)
+	n, err := r.f.ReadAt(buf, int64(off))
+	l.release(r)
+	if n < len(buf) {
+		if err == nil || errors.Is(err, io.EOF) {
+			return nil, corrupt("segment ends before the record")
 		}
-	}()
-	return l.tw.Read(index)
+		if l.isClosed.Load() {
+			return nil, ErrClosed
+		}
+		return nil, fmt.Errorf("wal: read %d from segment %s: %w", index, segmentName(start), err)
+	}
+	idx, payload, size, err := nextEntry(buf)
+	switch {
+	case err != nil:
+		return nil, corrupt(err.Error())
+	case size != len(buf):
+		return nil, corrupt("entry length changed since it was written")
+	case idx != index:
+		return nil, corrupt(errWrongIndex.Error())
+	}
+	return payload, nil // buf is ours to give away
 }
 
 // Scan calls fn for every record in [from, LastIndex] in order (from below
@@ -461,9 +468,9 @@ func (l *Log) Scan(from uint64, fn func(index uint64, rec []byte) error) error {
 	if from == 0 || from > last {
 		return nil
 	}
-	l.segMu.Lock()
+	l.segMu.RLock()
 	segs := slices.Clone(l.segs)
-	l.segMu.Unlock()
+	l.segMu.RUnlock()
 	k := sort.Search(len(segs), func(i int) bool { return segs[i] > from }) - 1
 	if k < 0 {
 		return ErrNotFound // truncated since from was clamped
@@ -484,7 +491,7 @@ func (l *Log) Scan(from uint64, fn func(index uint64, rec []byte) error) error {
 			return fmt.Errorf("wal: scan: read segment %s: %w", name, err)
 		}
 		var fnErr error
-		res := scanSegment(data, start, func(index uint64, rec []byte) error {
+		res := scanSegment(data, start, func(index uint64, rec []byte, _ int) error {
 			if index > end {
 				return errScanDone
 			}
@@ -544,14 +551,14 @@ func (l *Log) TruncateFront(index uint64) error {
 	defer l.truncMu.Unlock()
 	removed := false
 	for {
-		l.segMu.Lock()
+		l.segMu.RLock()
 		// segs[0] lies entirely below index if the next segment starts at or below index
 		ok := len(l.segs) > 1 && l.segs[1] <= index
 		var start, next uint64
 		if ok {
 			start, next = l.segs[0], l.segs[1]
 		}
-		l.segMu.Unlock()
+		l.segMu.RUnlock()
 		if !ok {
 			break
 		}
@@ -563,7 +570,10 @@ func (l *Log) TruncateFront(index uint64) error {
 		}
 		l.segMu.Lock()
 		l.segs = l.segs[1:]
+		l.ends[0] = nil
+		l.ends = l.ends[1:]
 		l.segMu.Unlock()
+		l.forget(start)
 		removed = true
 		l.removed++
 	}
@@ -586,14 +596,11 @@ func (l *Log) TruncateFront(index uint64) error {
 // reopenTidwall runs on the writer: it reopens tidwall/wal so that it
 // forgets the segments TruncateFront removed (it would list them, a few
 // dozen bytes each, for as long as the log is open). It costs a read of the
-// tail segment. Reads wait meanwhile; appends are not running (this is the
-// writer).
+// tail segment; appends wait (this is the writer), reads go on.
 func (l *Log) reopenTidwall() error {
 	if f := l.failed.Load(); f != nil {
 		return *f
 	}
-	l.readMu.Lock()
-	defer l.readMu.Unlock()
 	if err := l.tw.Close(); err != nil {
 		return l.fail(fmt.Errorf("reopen tidwall/wal: %w", err))
 	}
@@ -619,17 +626,6 @@ func (l *Log) Close() error {
 	close(l.quit)
 	<-l.done
 	return l.w.closeErr
-}
-
-// segmentOf returns the name of the segment holding index.
-func (l *Log) segmentOf(index uint64) string {
-	l.segMu.Lock()
-	defer l.segMu.Unlock()
-	i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i] > index }) - 1
-	if i < 0 {
-		return "?"
-	}
-	return segmentName(l.segs[i])
 }
 
 // run is the writer goroutine: the only one that writes, fsyncs or truncates.
@@ -674,14 +670,15 @@ func (l *Log) run() {
 func (l *Log) commit(r *appendReq) {
 	w := &l.w
 	w.pending = append(w.pending[:0], r)
-	n := len(r.frames)
+	n, bytes := len(r.frames), len(r.buf)
 	for yields := 0; ; yields++ {
 	collect:
-		for n < l.opts.MaxBatch {
+		for n < l.opts.MaxBatch && bytes < maxBatchBytes {
 			select {
 			case r := <-l.reqs:
 				w.pending = append(w.pending, r)
 				n += len(r.frames)
+				bytes += len(r.buf)
 			default:
 				break collect
 			}
@@ -693,7 +690,7 @@ func (l *Log) commit(r *appendReq) {
 		// here: 1.4× records/s at 100 writers, 1.6× at 10.) A batch of
 		// yieldBatch records already amortizes its fsync well; yielding more
 		// then only serializes the appenders' work.
-		if len(w.pending) >= w.lastReqs || n >= yieldBatch || n >= l.opts.MaxBatch || yields == maxYields {
+		if len(w.pending) >= w.lastReqs || n >= yieldBatch || bytes >= maxBatchBytes || n >= l.opts.MaxBatch || yields == maxYields {
 			break
 		}
 		before := len(w.pending)
@@ -720,11 +717,19 @@ func (l *Log) write() error {
 	w := &l.w
 	w.batch.Clear()
 	w.rolls = w.rolls[:0]
+	w.ends = w.ends[:0]         // entry ends in the current tail segment
+	w.rollEnds = w.rollEnds[:0] // entry ends in each segment the batch creates
 	idx, size, tail := w.written, 0, w.tailSize
 	segSize := l.opts.SegmentSize
-	if tail > segSize { // tidwall/wal rolls before a batch when the tail is over size
-		w.rolls = append(w.rolls, idx+1)
+	cur := &w.ends
+	roll := func(next uint64) {
+		w.rolls = append(w.rolls, next)
+		w.rollEnds = append(w.rollEnds, nil)
+		cur = &w.rollEnds[len(w.rollEnds)-1]
 		tail = 0
+	}
+	if tail > segSize { // tidwall/wal rolls before a batch when the tail is over size
+		roll(idx + 1)
 	}
 	for _, r := range w.pending {
 		r.first = idx + 1
@@ -734,10 +739,11 @@ func (l *Log) write() error {
 			w.batch.Write(idx, f)
 			es := entrySize(len(f))
 			size += es
+			tail += es
+			*cur = append(*cur, uint32(tail))
 			// tidwall/wal rolls after an entry that fills the segment.
-			if tail += es; tail >= segSize {
-				w.rolls = append(w.rolls, idx+1)
-				tail = 0
+			if tail >= segSize {
+				roll(idx + 1)
 			}
 		}
 		r.last = idx
@@ -751,6 +757,12 @@ func (l *Log) write() error {
 	w.written = idx
 	w.tailSize = tail
 	w.dirty = true
+	l.segMu.Lock()
+	last := len(l.ends) - 1
+	l.ends[last] = append(l.ends[last], w.ends...)
+	l.segs = append(l.segs, w.rolls...)
+	l.ends = append(l.ends, w.rollEnds...)
+	l.segMu.Unlock()
 	if len(w.rolls) > 0 {
 		// tidwall/wal fsynced each full segment before creating the next one;
 		// make the new files durable in the directory and fsync the new tail.
@@ -777,9 +789,6 @@ func (l *Log) write() error {
 // roll records segments tidwall/wal created during a batch.
 func (l *Log) roll(starts []uint64) error {
 	w := &l.w
-	l.segMu.Lock()
-	l.segs = append(l.segs, starts...)
-	l.segMu.Unlock()
 	path := filepath.Join(l.dir, segmentName(starts[len(starts)-1]))
 	f, err := l.fs.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
@@ -824,6 +833,7 @@ func (l *Log) shutdown() {
 	if cerr := l.tw.Close(); err == nil && cerr != nil && !errors.Is(cerr, tidwall.ErrCorrupt) {
 		err = fmt.Errorf("wal: close: %w", cerr)
 	}
+	l.closeReaders()
 	if cerr := l.lock.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("wal: close: unlock: %w", cerr)
 	}
