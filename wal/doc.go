@@ -28,11 +28,14 @@
 //     are durable under the sync policy.
 //   - The directory is fsynced after segment files are created (on a roll),
 //     renamed or removed (truncation, repair).
-//   - Reads are serialized: concurrent tidwall/wal reads of old segments race
-//     on its segment cache and can panic (upstream issue #34). Damage that
-//     appears after Open is reported by Read as a *CorruptionError (a panic
-//     of tidwall/wal included). Scan, for recovery, reads and checks segment
-//     files directly.
+//   - Reads do not go through tidwall/wal, whose concurrent reads of old
+//     segments race on its segment cache and can panic (upstream issue #34),
+//     and which loads a whole segment to read one record. The log keeps a
+//     table of entry offsets (4 bytes a record, built while Open verifies
+//     the segments and extended by the writer); Read is one pread, checked
+//     (damage that appears after Open is a *CorruptionError), and reads run
+//     concurrently. Scan, for recovery, reads and checks whole segment files
+//     in order.
 //   - TruncateFront is segment-aligned: it removes whole segment files below
 //     the index itself, so it copies nothing and never blocks appends
 //     (tidwall/wal's own TruncateFront rewrites up to a segment under its
@@ -68,7 +71,8 @@
 // damage followed by good records (mid-log) from a damaged tail.
 //
 // Segments roll at about Options.SegmentSize bytes. tidwall/wal holds the
-// tail segment in memory, so segments are small (4 MiB by default). A LOCK
+// tail segment in memory, so segments are small (4 MiB by default); memory
+// per log is about that plus 4 bytes per record. A LOCK
 // file is held with flock(2) while the log is open: a second Open returns
 // ErrLocked. Damaged data is kept as <segment>.broken (or <segment>.N.broken);
 // those files are never read again and may be deleted by an operator.

@@ -802,6 +802,11 @@ func (l *Log) roll(starts []uint64) error {
 	if err := l.fs.SyncDir(l.dir); err != nil {
 		return fmt.Errorf("sync dir: %w", err)
 	}
+	// tidwall/wal keeps the full segments it rolled away from in its read
+	// cache; this package never reads through it, so free them.
+	if err := l.tw.ClearCache(); err != nil {
+		return fmt.Errorf("clear tidwall/wal cache: %w", err)
+	}
 	return nil
 }
 

@@ -478,6 +478,14 @@ func TestAppendErrors(t *testing.T) {
 	if _, _, err := l.Append(cctx, []byte("a")); !errors.Is(err, context.Canceled) {
 		t.Fatalf("append with cancelled ctx: got %v", err)
 	}
+	big := make([][]byte, wal.MaxAppendSize>>20+1) // one shared MiB, counted many times
+	mib := make([]byte, 1<<20)
+	for i := range big {
+		big[i] = mib
+	}
+	if _, _, err := l.Append(ctx, big...); !errors.Is(err, wal.ErrTooLarge) {
+		t.Fatalf("append over MaxAppendSize: got %v, want ErrTooLarge", err)
+	}
 	first, last, err := l.Append(ctx, []byte("a"), []byte("b"), []byte("c"))
 	if err != nil || first != 1 || last != 3 {
 		t.Fatalf("append 3: %d..%d, %v", first, last, err)
@@ -530,6 +538,7 @@ func TestOpenOptions(t *testing.T) {
 		{"unknown sync policy", wal.Options{Sync: "sometimes"}},
 		{"negative sync interval", wal.Options{SyncInterval: -time.Second}},
 		{"negative max batch", wal.Options{MaxBatch: -1}},
+		{"segment size over the limit", wal.Options{SegmentSize: wal.MaxSegmentSize + 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
