@@ -187,6 +187,28 @@ func (c *conn) Close() error {
 	return err
 }
 
+// abort closes the connection without flushing: for a subscriber whose socket is full, where a
+// flush (or a DISCONNECT) would block the caller.
+func (c *conn) abort() {
+	// Close first, without c.mu: a writer blocked on the full socket holds c.mu, and Close is what
+	// unblocks it.
+	_ = c.Conn.Close()
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	c.buf = nil
+	c.mu.Unlock()
+	if c.ln != nil {
+		c.ln.untrack(c)
+	}
+}
+
 // notifySent wakes publishers waiting under the backpressure policy.
 func (c *conn) notifySent() {
 	if c.waiters.Load() == 0 {

@@ -265,11 +265,10 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 			return pk, nil
 		}
 		if time.Now().After(deadline) {
-			s.metrics.slowDisconnect()
 			if c := connOf(stuck); c != nil {
 				h.unsaturate(c)
+				h.dropSlow(stuck, c)
 			}
-			_ = s.mochi.DisconnectClient(stuck, packets.ErrQuotaExceeded)
 			return pk, nil
 		}
 		s.satMu.Lock()
@@ -371,9 +370,18 @@ func (h *hook) OnPublishDropped(cl *mochi.Client, pk packets.Packet) {
 	}
 	if since := c.fullSince.Load(); since != 0 && now-since >= int64(s.opts.Slow.DisconnectAfter) {
 		c.fullSince.Store(0)
-		s.metrics.slowDisconnect()
-		go func() { _ = s.mochi.DisconnectClient(cl, packets.ErrQuotaExceeded) }()
+		h.dropSlow(cl, c)
 	}
+}
+
+// dropSlow disconnects a subscriber that stayed full too long. Its socket is full, so no
+// DISCONNECT can be written (mochi would block the caller writing one): the connection is closed
+// and the session ends with reason 0x97 quota exceeded; a persistent session keeps its messages.
+func (h *hook) dropSlow(cl *mochi.Client, c *conn) {
+	h.s.metrics.slowDisconnect()
+	h.s.log.Warn().Str("client", cl.ID).Msg("slow subscriber disconnected")
+	c.abort()
+	cl.Stop(packets.ErrQuotaExceeded)
 }
 
 // subscriptionQoS is the QoS the message would have been delivered to cl with.

@@ -68,7 +68,13 @@ func TestPersistenceAcrossRestart(t *testing.T) {
 		t.Fatalf("got %q, want new", p.Payload)
 	}
 
-	// MQTT 3.1.1 persistent session: the 10 queued + "new" arrive.
+	// MQTT 3.1.1 persistent session: the 10 queued + "new" arrive. (Wait until "new" is queued:
+	// mochi routes to the session object it looked up, so a takeover racing with routing can miss
+	// a message.)
+	waitFor(t, 5*time.Second, "11 messages queued for the v3 session", func() bool {
+		cl, ok := srv2.mochi.Clients.Get("p-v3")
+		return ok && cl.State.Inflight.Len() == n+1
+	})
 	recv := make(chan string, 100)
 	o := v3opts(addr, "p-v3")
 	o.SetDefaultPublishHandler(func(_ pahov3Client, m pahov3Message) { recv <- string(m.Payload()) })
