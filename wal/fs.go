@@ -9,10 +9,11 @@ import (
 // FS is the filesystem seam: every file operation this package does itself
 // goes through it, so tests can fail, tear or corrupt them.
 //
-// What it covers: creating and locking the directory, listing it, reading segment files
-// (Read, Scan, and verifying and repairing them on Open), the .broken copies, truncating
-// a torn segment, renaming and removing segment files, the fsync of the tail
-// segment that makes an append durable, and every directory fsync.
+// What it covers: creating and locking the directory, listing it, reading
+// segment files (Read, Scan, and the verification and repair of Open), the
+// .broken copies, cutting a torn segment, renaming and removing segment
+// files, the fsync of the tail segment that makes an append durable, and
+// every directory fsync.
 //
 // What it does not cover: github.com/tidwall/wal writes segment files
 // through package os itself, and fsyncs each full segment before it creates
