@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -51,6 +52,7 @@ func (l *Log) recover() (recovered, error) {
 	if len(names) == 0 {
 		return rec, nil
 	}
+	var scratch []uint32 // entry ends of one segment
 	for i, name := range names {
 		start, _ := parseSegmentName(name)
 		last := i == len(names)-1
@@ -73,13 +75,13 @@ func (l *Log) recover() (recovered, error) {
 		if int64(len(data)) > math.MaxUint32 {
 			return rec, fmt.Errorf("wal: segment %s is %d bytes, over the 4 GiB this package reads", name, len(data))
 		}
-		var ends []uint32
+		scratch = scratch[:0]
 		res := scanSegment(data, start, func(_ uint64, _ []byte, end int) error {
-			ends = append(ends, uint32(end))
+			scratch = append(scratch, uint32(end))
 			return nil
 		})
 		rec.segs = append(rec.segs, start)
-		rec.ends = append(rec.ends, ends)
+		rec.ends = append(rec.ends, slices.Clone(scratch)) // exact size: it stays in memory
 		rec.last = start + res.count - 1
 		rec.tailSize = res.goodEnd
 		if res.err == nil {
