@@ -321,15 +321,14 @@ func (l *Log) Append(ctx context.Context, recs ...[]byte) (first, last uint64, e
 	if len(recs) == 0 {
 		return 0, 0, fmt.Errorf("%w: no records", ErrEmptyRecord)
 	}
-	size := 0
+	var size int64 // int64: on 32-bit platforms an int could overflow
 	for i, r := range recs {
 		if len(r) == 0 {
 			return 0, 0, fmt.Errorf("%w: record %d of %d is empty", ErrEmptyRecord, i, len(recs))
 		}
-		size += frameHeaderSize + len(r)
-	}
-	if size > MaxAppendSize {
-		return 0, 0, fmt.Errorf("%w: %d bytes in one append, over the %d limit", ErrTooLarge, size, MaxAppendSize)
+		if size += frameHeaderSize + int64(len(r)); size > MaxAppendSize {
+			return 0, 0, fmt.Errorf("%w: over %d bytes in one append", ErrTooLarge, MaxAppendSize)
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return 0, 0, err
@@ -338,7 +337,7 @@ func (l *Log) Append(ctx context.Context, recs ...[]byte) (first, last uint64, e
 	if req == nil {
 		req = &appendReq{done: make(chan struct{}, 1)}
 	}
-	buf := slices.Grow(req.buf[:0], size)
+	buf := slices.Grow(req.buf[:0], int(size))
 	frames := req.frames[:0]
 	for _, r := range recs {
 		s := len(buf)
