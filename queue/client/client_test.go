@@ -272,7 +272,7 @@ func TestConsumerExtendsLeaseAndStopsGracefully(t *testing.T) {
 	started, release := make(chan struct{}), make(chan struct{})
 	var calls atomic.Int32
 	runCtx, stop := context.WithCancel(ctx)
-	cons := &client.Consumer{Client: c, Queue: "jobs", Workers: 2, Lease: 200 * time.Millisecond, Wait: time.Second,
+	cons := &client.Consumer{Client: c, Queue: "jobs", Workers: 2, Lease: time.Second, Wait: time.Second,
 		Handler: func(ctx context.Context, m client.Message) error {
 			if calls.Add(1) == 1 {
 				close(started)
@@ -285,7 +285,7 @@ func TestConsumerExtendsLeaseAndStopsGracefully(t *testing.T) {
 	<-started
 	// While the handler runs for several lease lengths, the lease is extended: the message is never
 	// delivered again, and stays leased.
-	for range 10 {
+	for range 30 {
 		st, err := m.Stats("jobs")
 		if err != nil {
 			t.Fatal(err)

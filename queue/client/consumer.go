@@ -187,13 +187,13 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 	}()
 
-	// Extender: renews the leases of running handlers when a third of the lease is left.
+	// Extender: renews the leases of running handlers when half of the lease is left.
 	extendDone := make(chan struct{})
 	var extWG sync.WaitGroup
 	extWG.Add(1)
 	go func() {
 		defer extWG.Done()
-		t := time.NewTicker(max(lease/6, 10*time.Millisecond))
+		t := time.NewTicker(max(lease/10, 10*time.Millisecond))
 		defer t.Stop()
 		for {
 			select {
@@ -203,7 +203,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				var due []string
 				fl.mu.Lock()
 				for r, end := range fl.receipts {
-					if end.Sub(now) < lease/3 {
+					if end.Sub(now) < lease/2 {
 						due = append(due, r)
 						fl.receipts[r] = now.Add(lease)
 					}
@@ -211,7 +211,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				fl.mu.Unlock()
 				for len(due) > 0 {
 					n := min(len(due), MaxBatch)
-					ectx, cancel := context.WithTimeout(handlerCtx, lease/3)
+					ectx, cancel := context.WithTimeout(handlerCtx, lease/2)
 					_, err := c.Client.Extend(ectx, c.Queue, due[:n], lease)
 					cancel()
 					if err != nil {
@@ -240,6 +240,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				break more
 			}
 		}
+		asked := time.Now() // the server's leases start after this: count from here
 		msgs, err := c.Client.Receive(runCtx, c.Queue, ReceiveOptions{Max: n, Wait: wait, Lease: lease})
 		if err != nil && runCtx.Err() == nil {
 			var apiErr *Error
@@ -253,10 +254,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 				}
 			}
 		}
-		now := time.Now()
 		fl.mu.Lock()
 		for _, m := range msgs {
-			fl.receipts[m.Receipt] = now.Add(lease)
+			fl.receipts[m.Receipt] = asked.Add(lease)
 		}
 		fl.mu.Unlock()
 		for _, m := range msgs {
