@@ -65,6 +65,7 @@ type v5opts struct {
 	topicAliasMax  uint16
 	conn           net.Conn
 	noProblemInfo  bool // send Request Problem Information 0 (paho's default)
+	keepAliveZero  bool // ask for keep alive 0 (keepAlive 0 means the default 30 s)
 }
 
 func dialV5(t testing.TB, addr string, o v5opts) (*v5, *paho.Connack, error) {
@@ -103,7 +104,7 @@ func dialV5(t testing.TB, addr string, o v5opts) (*v5, *paho.Connack, error) {
 		recv = 100
 	}
 	ka := o.keepAlive
-	if ka == 0 {
+	if ka == 0 && !o.keepAliveZero {
 		ka = 30
 	}
 	cp := &paho.Connect{
