@@ -342,6 +342,12 @@ func TestQueueCommand(t *testing.T) {
 	if out := ok("", "purge", "telemetry", "--yes"); !strings.Contains(out, "purged 1") {
 		t.Errorf("purge: %q", out)
 	}
+	// The URL and key from the environment, and the command through the main command table.
+	t.Setenv("SLUICE_URL", "http://"+h)
+	t.Setenv("SLUICE_API_KEY", testAPIKey)
+	if code, out, errOut := runCLI(t, "queue", "ls"); code != 0 || !strings.Contains(out, "telemetry") {
+		t.Errorf("sluice queue ls with SLUICE_URL/SLUICE_API_KEY: exit %d, %q %q", code, out, errOut)
+	}
 }
 
 // syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
