@@ -204,10 +204,13 @@ func (o *UplinkOptions) defaults() error {
 		return fmt.Errorf("%w: uplink %q: backoff jitter %g is above 1", ErrInvalidUplink, o.Name, o.Backoff.Jitter)
 	}
 	if o.Lease == 0 {
-		o.Lease = 30 * time.Second
+		o.Lease = max(30*time.Second, 3*o.Timeout)
 	}
 	if o.Lease < 30*time.Millisecond {
 		return fmt.Errorf("%w: uplink %q: lease %v is shorter than 30ms", ErrInvalidUplink, o.Name, o.Lease)
+	}
+	if o.Lease < 2*o.Timeout {
+		return fmt.Errorf("%w: uplink %q: lease %v must be at least twice the timeout %v (leases are renewed between connection attempts)", ErrInvalidUplink, o.Name, o.Lease, o.Timeout)
 	}
 	if o.RecoveryWait == 0 {
 		o.RecoveryWait = o.Lease + 10*time.Second

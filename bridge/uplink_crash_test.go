@@ -42,7 +42,7 @@ func TestUplinkEdgeProcess(t *testing.T) {
 	edge := ulOpenEdge(t, dir, ulEdgeConfig())
 	defer edge.Close()
 	o := ulOptions("cloud", os.Getenv(ulEnvURL))
-	o.MaxInFlight, o.Batch, o.Lease = ulWindow, 64, 3*time.Second // leases outlive CPU stalls of a busy CI
+	o.MaxInFlight, o.Batch, o.Lease, o.Timeout = ulWindow, 64, 3*time.Second, time.Second // leases outlive CPU stalls of a busy CI
 	o.Rate, _ = strconv.ParseFloat(os.Getenv(ulEnvRate), 64)
 	if os.Getenv("SLUICE_UPLINK_DEBUG") != "" {
 		o.Logger = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr})

@@ -38,7 +38,16 @@ type upDrain struct {
 	nacks    []string
 	fatal    error // a queue-level failure (the queue closed): stop
 	lastWarn time.Time
+	extended time.Time // when the held leases were last renewed
+	sentConn int       // publishes written on the current connection
+	strikes  int       // connections in a row lost after publishing with nothing confirmed
 }
+
+// upStrikes is how many connections in a row may be lost after publishing, with nothing confirmed,
+// before the first unconfirmed message is blamed: it goes back to the queue (an attempt counted), so
+// that a message the upstream answers by disconnecting (too large, a topic it rejects) cannot block
+// the uplink forever; it ends in the dead-letter queue after max attempts.
+const upStrikes = 5
 
 // errUpstreamQoS0 is the failure of a connection to an upstream that takes only QoS 0.
 var errUpstreamQoS0 = errors.New("bridge: the upstream accepts only QoS 0 publishes; store and forward needs QoS 1 or 2")
@@ -71,8 +80,10 @@ func (u *Uplink) run(ctx context.Context) {
 	failures := 0
 	for ctx.Err() == nil && d.fatal == nil {
 		u.state.Store(UplinkConnecting)
+		d.keepLeases()
 		results := make(chan upResult, u.opts.MaxInFlight+1)
 		conn, err := upConnect(ctx, u.params(results))
+		d.keepLeases()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -116,6 +127,7 @@ func (u *Uplink) run(ctx context.Context) {
 		if confirmed > 0 || time.Since(start) > 10*time.Second {
 			failures = 0
 		}
+		d.blame(confirmed)
 		failures++
 		if !d.sleep(ctx, u.opts.Backoff.delay(failures)) {
 			return
@@ -153,7 +165,7 @@ func (u *Uplink) waitRecovered(ctx context.Context) bool {
 func (d *upDrain) sleep(ctx context.Context, wait time.Duration) bool {
 	t := time.NewTimer(wait)
 	defer t.Stop()
-	keep := time.NewTicker(d.u.opts.Lease / 3)
+	keep := time.NewTicker(d.u.opts.Lease / 6)
 	defer keep.Stop()
 	for {
 		select {
@@ -162,11 +174,45 @@ func (d *upDrain) sleep(ctx context.Context, wait time.Duration) bool {
 		case <-t.C:
 			return d.fatal == nil
 		case <-keep.C:
-			d.extend()
+			d.keepLeases()
 			if d.fatal != nil {
 				return false
 			}
 		}
+	}
+}
+
+// keepLeases renews the held leases when a third of the lease has passed since the last renewal.
+func (d *upDrain) keepLeases() {
+	if time.Since(d.extended) >= d.u.opts.Lease/3 {
+		d.extend()
+	}
+}
+
+// blame counts a connection that was lost after publishing with nothing confirmed; after upStrikes
+// in a row, the first unconfirmed message goes back to the queue (see upStrikes).
+func (d *upDrain) blame(confirmed int) {
+	if confirmed > 0 || d.sentConn == 0 {
+		d.strikes = 0
+		return
+	}
+	d.strikes++
+	if d.strikes < upStrikes {
+		return
+	}
+	d.strikes = 0
+	for _, p := range d.held {
+		if p.done {
+			continue
+		}
+		p.done = true
+		delete(d.bySeq, p.seq)
+		d.nacks = append(d.nacks, p.d.Receipt)
+		d.u.fail("refused", 1)
+		d.u.log.Warn().Str("topic", p.d.Topic).Str("message_id", p.d.ID).Int("attempt", p.d.Attempt).Int("connections", upStrikes).
+			Msg("the upstream dropped the connection each time this message was sent; it goes back to the queue")
+		d.settle()
+		return
 	}
 }
 
@@ -214,6 +260,7 @@ func (d *upDrain) serve(ctx context.Context, conn upstreamConn, results <-chan u
 		p.sent = false
 	}
 	d.sendIdx = 0
+	d.sentConn = 0
 
 	fctx, cancelFetch := context.WithCancel(ctx)
 	want := make(chan int, 1)
@@ -232,7 +279,7 @@ func (d *upDrain) serve(ctx context.Context, conn upstreamConn, results <-chan u
 		}
 	}()
 	fetching := false
-	keep := time.NewTicker(u.opts.Lease / 3)
+	keep := time.NewTicker(u.opts.Lease / 6)
 	defer keep.Stop()
 	var rateC <-chan time.Time
 	for {
@@ -260,6 +307,7 @@ func (d *upDrain) serve(ctx context.Context, conn upstreamConn, results <-chan u
 			}
 			p.sent = true
 			d.inflight++
+			d.sentConn++
 			sent++
 		}
 		u.inflight.Store(int64(d.inflight))
@@ -289,7 +337,7 @@ func (d *upDrain) serve(ctx context.Context, conn upstreamConn, results <-chan u
 		case <-rateC:
 			rateC = nil
 		case <-keep.C:
-			d.extend()
+			d.keepLeases()
 		case <-conn.lost():
 			return confirmed, conn.cause()
 		case <-ctx.Done():
@@ -464,6 +512,7 @@ func (d *upDrain) compact(all bool) {
 // it was not published on this connection (the queue will deliver it again).
 func (d *upDrain) extend() {
 	u := d.u
+	d.extended = time.Now()
 	if len(d.bySeq) == 0 {
 		return
 	}

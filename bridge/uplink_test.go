@@ -3,7 +3,6 @@ package bridge_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -294,9 +293,9 @@ func ulOptions(name, url string) bridge.UplinkOptions {
 		Queue:       "up",
 		Gateway:     "gw1",
 		MaxInFlight: 64,
-		Lease:       2 * time.Second,
+		Lease:       4 * time.Second,
 		Backoff:     bridge.ReconnectBackoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond},
-		Timeout:     5 * time.Second,
+		Timeout:     2 * time.Second,
 		Logger:      zerolog.Nop(),
 	}
 }
@@ -504,37 +503,55 @@ func TestUplinkFullQueueDuringOutage(t *testing.T) {
 	}
 }
 
-// TestUplinkRefusedGoesToDeadLetters: an MQTT 5 upstream refuses one topic (ACL, reason 0x87): those
-// messages go back to the queue with backoff and end in its dead-letter queue; the rest go through.
+// TestUplinkRefusedGoesToDeadLetters: messages the upstream will not take go back to the queue with
+// its backoff, each attempt counted, and end in the dead-letter queue; the rest go through. Refusals
+// come as an MQTT 5 reason code (ACL: 0x87), as a packet above the upstream's maximum size (0x95,
+// found before sending), or as the upstream dropping the connection (a topic too deep for it).
 func TestUplinkRefusedGoesToDeadLetters(t *testing.T) {
-	cloud := ulStartCloud(t, mqtt.Options{ACL: []mqtt.ACLRule{{Publish: []string{"ok/#"}}}})
-	cfg := ulEdgeConfig()
-	cfg.MaxAttempts = 3
-	edge := ulOpenEdge(t, t.TempDir(), cfg)
-	defer edge.Close()
-	ulEnqueue(t, edge, []string{"ok/1", "denied/1"}, 0, 5)
-	reg := prometheus.NewRegistry()
-	o := ulOptions("cloud", cloud.url())
-	o.Registerer = reg
-	ulStart(t, edge, o)
-	ulWait(t, 20*time.Second, "the refused messages to reach the dead-letter queue", func() bool {
-		st, _ := edge.Stats("up")
-		return st.Dead == 5 && st.Ready+st.Leased+st.Delayed == 0
-	})
-	if dups := ulCheck(t, ulPayloads(cloud.messages()), map[string]int{"ok/1": 5}); dups != 0 {
-		t.Errorf("%d duplicates", dups)
-	}
-	dead, err := edge.PeekDead("up", 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range dead {
-		if d.Topic != "denied/1" || d.Attempts != 3 {
-			t.Errorf("dead letter %s on %s after %d attempts; want denied/1 after 3", d.ID, d.Topic, d.Attempts)
-		}
-	}
-	if r := ulMetric(t, reg, "sluice_uplink_failures_total", "uplink", "cloud", "reason", "refused"); r != 15 {
-		t.Errorf("failures_total{reason=refused} = %v, want 15 (5 messages × 3 attempts)", r)
+	deep := strings.Repeat("x/", 40) + "x"
+	for _, tc := range []struct {
+		name string
+		opts mqtt.Options
+		bad  queue.Message
+	}{
+		{"reason code", mqtt.Options{ACL: []mqtt.ACLRule{{Publish: []string{"ok/#"}}}},
+			queue.Message{Topic: "denied/1", Payload: []byte("no")}},
+		{"too large", mqtt.Options{Limits: mqtt.Limits{MaxPacketSize: 1024}},
+			queue.Message{Topic: "big/1", Payload: make([]byte, 2000)}},
+		{"disconnects", mqtt.Options{},
+			queue.Message{Topic: deep, Payload: []byte("deep")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cloud := ulStartCloud(t, tc.opts)
+			cfg := ulEdgeConfig()
+			cfg.MaxAttempts = 3
+			edge := ulOpenEdge(t, t.TempDir(), cfg)
+			defer edge.Close()
+			ulEnqueue(t, edge, []string{"ok/1"}, 0, 2)
+			if _, err := edge.Enqueue(context.Background(), "up", []queue.Message{tc.bad}); err != nil {
+				t.Fatal(err)
+			}
+			ulEnqueue(t, edge, []string{"ok/1"}, 2, 3)
+			reg := prometheus.NewRegistry()
+			o := ulOptions("cloud", cloud.url())
+			o.Registerer = reg
+			ulStart(t, edge, o)
+			ulWait(t, 30*time.Second, "the refused message to reach the dead-letter queue", func() bool {
+				st, _ := edge.Stats("up")
+				return st.Dead == 1 && st.Ready+st.Leased+st.Delayed == 0
+			})
+			ulCheck(t, ulPayloads(cloud.messages()), map[string]int{"ok/1": 5})
+			dead, err := edge.PeekDead("up", 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(dead) != 1 || dead[0].Topic != tc.bad.Topic || dead[0].Attempts != 3 {
+				t.Errorf("dead letters %+v; want %s after 3 attempts", dead, tc.bad.Topic)
+			}
+			if r := ulMetric(t, reg, "sluice_uplink_failures_total", "uplink", "cloud", "reason", "refused"); r != 3 {
+				t.Errorf("failures_total{reason=refused} = %v, want 3 (one message × 3 attempts)", r)
+			}
+		})
 	}
 }
 
@@ -622,5 +639,3 @@ func TestUplinkCloseIsIdempotent(t *testing.T) {
 		t.Fatalf("state %q after Close", s)
 	}
 }
-
-var _ = fmt.Sprint

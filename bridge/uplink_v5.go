@@ -166,6 +166,11 @@ func (c *v5Conn) publish(m *upOut) error {
 		}
 	}
 	pb.Properties.MessageExpiry = m.expiry
+	if c.maxPkt > 0 && upPublishSize(pb) > int(c.maxPkt) {
+		// The upstream would disconnect us: answer it as the refusal it is (0x95 packet too large).
+		c.p.results <- upResult{seq: m.seq, code: 0x95, reason: fmt.Sprintf("larger than the upstream's maximum packet size %d", c.maxPkt)}
+		return nil
+	}
 	if m.qos > 0 {
 		c.mu.Lock()
 		for {
@@ -343,4 +348,22 @@ func (c *v5Conn) close() {
 	}
 	_ = c.conn.Close()
 	c.wg.Wait()
+}
+
+// upPublishSize is the size of pb on the wire (packet id included).
+func upPublishSize(pb *packets.Publish) int {
+	n := 0
+	for _, b := range pb.Buffers() {
+		n += len(b)
+	}
+	n += 2   // the packet id, not yet set
+	switch { // fixed header: type byte and remaining length
+	case n < 128:
+		return n + 2
+	case n < 16384:
+		return n + 3
+	case n < 2097152:
+		return n + 4
+	}
+	return n + 5
 }
