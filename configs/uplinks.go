@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"cmp"
 	"fmt"
 	"net/url"
 	"strings"
@@ -233,6 +234,9 @@ func (c *Config) validateUplink(p string, i int, u Uplink, queues map[string]boo
 	}
 	if u.Lease != 0 && u.Lease < time.Second {
 		return c.errAt(p+".lease", "%s: lease %v is shorter than 1s", who, u.Lease)
+	}
+	if timeout := cmp.Or(u.Timeout, 10*time.Second); u.Lease != 0 && u.Lease < 2*timeout {
+		return c.errAt(p+".lease", "%s: lease %v must be at least twice the timeout %v", who, u.Lease, timeout)
 	}
 	if u.Reconnect.Jitter < 0 || u.Reconnect.Jitter > 1 {
 		return c.errAt(p+".reconnect.jitter", "%s: reconnect.jitter %g is not between 0 and 1", who, u.Reconnect.Jitter)

@@ -48,6 +48,7 @@ func TestValidateUplinks(t *testing.T) {
 		{"downlink qos 3", "  - name: c\n    url: mqtt://h:1\n    queue: outbox\n    downlink: {filters: [a], qos: 3}\n", "downlink qos 3", ":8:"},
 		{"password twice", "  - name: c\n    url: mqtt://h:1\n    queue: outbox\n    password: x\n    password_file: " + ca + "\n",
 			"not both", ":9:"},
+		{"lease below twice the timeout", "  - name: c\n    url: mqtt://h:1\n    queue: outbox\n    lease: 15s\n", "twice the timeout", ":8:"},
 		{"negative in flight", "  - name: c\n    url: mqtt://h:1\n    queue: outbox\n    max_in_flight: -1\n", "max_in_flight -1", ":8:"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
