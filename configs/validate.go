@@ -29,7 +29,7 @@ func ValidQueueName(name string) bool { return queueNameRE.MatchString(name) }
 // of the key at fault. It reads the TLS files' metadata (they must exist) but opens no socket.
 func (c *Config) Validate() error {
 	for _, check := range []func() error{c.validateLog, c.validateListeners, c.validateUsers, c.validateACL,
-		c.validateLimits, c.validateHTTP, c.validateQueues, c.validateBridge} {
+		c.validateLimits, c.validateHTTP, c.validateQueues, c.validateBridge, c.ValidateUplinks} {
 		if err := check(); err != nil {
 			return err
 		}
