@@ -344,9 +344,10 @@ func (c *Client) doneErr() error {
 	}
 }
 
-// PublishAsync writes m and returns without waiting for the acknowledgement; done (which may be
-// nil) is called once, from the client's acknowledgement goroutine, with nil when the broker
-// acknowledged the message (at once for QoS 0, after the write) or with the error. At most
+// PublishAsync writes m and returns without waiting for the acknowledgement. If it returns nil,
+// done (which may be nil) is called exactly once, with nil when the broker acknowledged the
+// message (QoS 0: at once, after the write) or with the error (ErrConnectionLost, a refusal);
+// if it returns an error, done is not called. At most
 // MaxInflight messages wait for acknowledgement; PublishAsync blocks beyond that. Acknowledgements
 // are matched in publish order.
 func (c *Client) PublishAsync(ctx context.Context, m Message, done func(error)) error {
@@ -359,9 +360,11 @@ func (c *Client) PublishAsync(ctx context.Context, m Message, done func(error)) 
 	default:
 	}
 	if m.QoS == 0 {
-		err := c.Publish(ctx, m)
-		done(err)
-		return err
+		if err := c.Publish(ctx, m); err != nil {
+			return err
+		}
+		done(nil)
+		return nil
 	}
 	c.asyncMu.Lock()
 	defer c.asyncMu.Unlock()
@@ -381,8 +384,7 @@ func (c *Client) PublishAsync(ctx context.Context, m Message, done func(error)) 
 		}
 		select {
 		case c.pending <- pendingAck{v5: ch, qos: m.QoS, done: done}:
-		case <-ctx.Done():
-			done(ctx.Err())
+		case <-ctx.Done(): // stored in the session but untracked: report it as not sent
 			return ctx.Err()
 		}
 		return nil // a write error after storing shows as connection loss in done
@@ -391,7 +393,6 @@ func (c *Client) PublishAsync(ctx context.Context, m Message, done func(error)) 
 	select {
 	case c.pending <- pendingAck{v3: tok, qos: m.QoS, done: done}:
 	case <-ctx.Done():
-		done(ctx.Err())
 		return ctx.Err()
 	}
 	return nil

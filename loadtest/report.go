@@ -206,7 +206,11 @@ func (s Scenario) Describe() string {
 	} else {
 		fmt.Fprintf(&b, ", %s msg/s", fmtNum(float64(s.Rate)))
 	}
-	fmt.Fprintf(&b, ", QoS %d, %d B, %v, MQTT %s", s.QoS, s.PayloadSize, time.Duration(s.Duration), s.Protocol)
+	fmt.Fprintf(&b, ", QoS %d", s.QoS)
+	if s.SubscribeQoS != nil && *s.SubscribeQoS != s.QoS && s.Kind != Bridge {
+		fmt.Fprintf(&b, " (subscribed at %d)", *s.SubscribeQoS)
+	}
+	fmt.Fprintf(&b, ", %d B, %v, MQTT %s", s.PayloadSize, time.Duration(s.Duration), s.Protocol)
 	return b.String()
 }
 

@@ -314,7 +314,7 @@ func (r *run) runMessages(ctx context.Context) (*Result, error) {
 		}
 		r.subs[i] = c
 		r.connected.Add(1)
-		return c.Subscribe(ctx, subFilters[i], byte(sc.QoS))
+		return c.Subscribe(ctx, subFilters[i], byte(*sc.SubscribeQoS))
 	})
 	if err != nil {
 		return nil, err
@@ -385,7 +385,7 @@ func (r *run) runMessages(ctx context.Context) (*Result, error) {
 	pubEnd := time.Now()
 	res.Elapsed = pubEnd.Sub(r.start).Seconds()
 
-	// Drain: wait until everything written arrived, or the drain time passed.
+	// Drain: wait until everything written arrived and was acknowledged, or the drain time passed.
 	tl.setPhase("drain")
 	scopes := subScopes
 	if group != nil {
@@ -394,6 +394,12 @@ func (r *run) runMessages(ctx context.Context) (*Result, error) {
 	drainEnd := time.Now().Add(time.Duration(sc.Drain))
 	for time.Now().Before(drainEnd) && ctx.Err() == nil {
 		done := true
+		for _, p := range r.pubs {
+			if p.resolved.Load() < p.written.Load() {
+				done = false
+				break
+			}
+		}
 		for _, s := range scopes {
 			if !s.complete(r.pubs) {
 				done = false
@@ -509,8 +515,9 @@ type publisher struct {
 	topic string
 	c     *devices.Client
 
-	written atomic.Uint64
-	seq     uint64
+	written  atomic.Uint64
+	resolved atomic.Uint64 // publishes whose ack callback ran
+	seq      uint64
 
 	mu     sync.Mutex
 	acked  bitset
@@ -531,6 +538,7 @@ func (p *publisher) send(ctx context.Context, intended time.Time) error {
 	payload := devices.AppendBlob(make([]byte, 0, max(sc.PayloadSize, 32)), p.id, seq, intended, sc.PayloadSize)
 	qos := byte(sc.QoS)
 	err := p.c.PublishAsync(ctx, devices.Message{Topic: p.topic, Payload: payload, QoS: qos}, func(err error) {
+		defer p.resolved.Add(1)
 		if err != nil {
 			p.r.pubErrs.Add(1)
 			return

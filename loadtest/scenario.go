@@ -44,7 +44,9 @@ type Scenario struct {
 	Name     string           `yaml:"name" json:"name"`
 	Kind     Kind             `yaml:"kind" json:"kind"`
 	Protocol devices.Protocol `yaml:"protocol" json:"protocol"`
-	QoS      devices.QoS      `yaml:"qos" json:"qos"`
+	QoS      devices.QoS      `yaml:"qos" json:"qos"` // of publishes
+	// SubscribeQoS is the subscriptions' QoS; default: QoS.
+	SubscribeQoS *devices.QoS `yaml:"subscribe_qos" json:"subscribe_qos"`
 	Mode     Mode             `yaml:"mode" json:"mode"`
 
 	Publishers  int `yaml:"publishers" json:"publishers,omitempty"`
@@ -121,6 +123,10 @@ func (s Scenario) WithDefaults() Scenario {
 	if s.Mode == "" {
 		s.Mode = Open
 	}
+	if s.SubscribeQoS == nil {
+		q := s.QoS
+		s.SubscribeQoS = &q
+	}
 	switch s.Kind {
 	case FanIn:
 		s.Publishers, s.Subscribers = orInt(s.Publishers, 100), orInt(s.Subscribers, 1)
@@ -194,6 +200,8 @@ func (s Scenario) Validate() error {
 		return bad("protocol %q is not supported; want 3.1.1 or 5", s.Protocol)
 	case s.QoS > 2:
 		return bad("qos %d must be 0, 1 or 2", s.QoS)
+	case s.SubscribeQoS != nil && *s.SubscribeQoS > 2:
+		return bad("subscribe_qos %d must be 0, 1 or 2", *s.SubscribeQoS)
 	case s.Publishers < 0 || s.Publishers > 1_000_000:
 		return bad("publishers %d must be between 1 and 1000000", s.Publishers)
 	case s.Subscribers < 0 || s.Subscribers > 1_000_000:
