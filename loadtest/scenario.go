@@ -47,7 +47,7 @@ type Scenario struct {
 	QoS      devices.QoS      `yaml:"qos" json:"qos"` // of publishes
 	// SubscribeQoS is the subscriptions' QoS; default: QoS.
 	SubscribeQoS *devices.QoS `yaml:"subscribe_qos" json:"subscribe_qos"`
-	Mode     Mode             `yaml:"mode" json:"mode"`
+	Mode         Mode         `yaml:"mode" json:"mode"`
 
 	Publishers  int `yaml:"publishers" json:"publishers,omitempty"`
 	Subscribers int `yaml:"subscribers" json:"subscribers,omitempty"`
