@@ -3,6 +3,7 @@ package wal_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -81,7 +82,10 @@ func TestCrashKill(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	acked := map[uint64]string{}
 	for round := range rounds {
-		killAfter := rng.IntN(1000) // acks to wait for; 0 kills at once
+		killAfter := 1 + rng.IntN(1000) // acks to wait for; 0: kill after a random delay instead
+		if rng.IntN(4) == 0 {
+			killAfter = 0 // kill at a random moment of the first milliseconds: start-up, Open, repair
+		}
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashKill$", "-test.count=1")
 		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir)
 		cmd.Stderr = os.Stderr
@@ -98,13 +102,17 @@ func TestCrashKill(t *testing.T) {
 		kill := func() {
 			if !killed {
 				killed = true
-				if err := cmd.Process.Kill(); err != nil {
+				if err := cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
 					t.Errorf("round %d: kill: %v", round, err)
 				}
 			}
 		}
+		var early *time.Timer
 		if killAfter == 0 {
-			kill()
+			var once sync.Once
+			early = time.AfterFunc(time.Duration(rng.IntN(30_000))*time.Microsecond, func() {
+				once.Do(func() { _ = cmd.Process.Kill() })
+			})
 		}
 		timeout := time.AfterFunc(30*time.Second, func() { _ = cmd.Process.Kill() })
 		for sc.Scan() {
@@ -119,11 +127,14 @@ func TestCrashKill(t *testing.T) {
 				t.Fatalf("round %d: index %d acked twice: %q and %q", round, idx, old, rec)
 			}
 			acked[idx] = rec
-			if seen++; seen >= killAfter {
+			if seen++; killAfter > 0 && seen >= killAfter {
 				kill()
 			}
 		}
 		timeout.Stop()
+		if early != nil {
+			early.Stop()
+		}
 		kill()
 		_ = cmd.Wait()
 

@@ -124,9 +124,9 @@ func TestRollTracking(t *testing.T) {
 			}
 			for round := range 7 {
 				var wg sync.WaitGroup
-				for range 8 {
+				for range 6 {
 					wg.Go(func() {
-						for range 20 {
+						for range 15 {
 							recs := make([][]byte, 1+rand.IntN(5))
 							for k := range recs {
 								recs[k] = bytes.Repeat([]byte{'r'}, 1+rand.IntN(700))
