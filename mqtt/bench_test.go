@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The benchmarks drive the broker through its real TCP listener with lean raw MQTT 5 clients (a
@@ -196,6 +198,7 @@ func runSubscriber(c *rawClient, got, last *atomic.Int64, want int64, idle time.
 type fanResult struct {
 	published, received int64
 	elapsed             time.Duration
+	reg                 *prometheus.Registry
 }
 
 // fan runs publishers → subscribers over srv: every subscriber subscribes to "bench/#".
@@ -247,12 +250,19 @@ func fan(b *testing.B, srv *Server, qos byte, publishers, subscribers int, subEx
 	for i := range counts {
 		received += counts[i].Load()
 	}
-	return fanResult{published: published.Load() * int64(subscribers), received: received, elapsed: elapsed}
+	reg, _ := srv.opts.Registerer.(*prometheus.Registry)
+	return fanResult{published: published.Load() * int64(subscribers), received: received, elapsed: elapsed, reg: reg}
 }
 
+// report prints msgs/s, lost (acked to publishers, never delivered) and counted (drops the broker
+// counted in its metrics: every lost message must be counted there).
 func report(b *testing.B, r fanResult) {
 	b.ReportMetric(float64(r.received)/r.elapsed.Seconds(), "msgs/s")
 	b.ReportMetric(float64(r.published-r.received), "lost")
+	if r.reg != nil {
+		b.ReportMetric(counterValue(b, r.reg, "sluice_mqtt_dropped_messages_total", nil)+
+			counterValue(b, r.reg, "sluice_mqtt_inflight_full_dropped_total", nil), "counted")
+	}
 }
 
 func benchServer(b *testing.B, opts Options) *Server {
@@ -264,6 +274,9 @@ func benchServer(b *testing.B, opts Options) *Server {
 	}
 	opts.Limits.ReceiveMaximum = 256
 	opts.Limits.MaxConnections = -1
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
 	return startServer(b, opts)
 }
 
