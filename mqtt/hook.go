@@ -241,7 +241,7 @@ func (h *hook) OnDisconnect(cl *mochi.Client, _ error, _ bool) {
 // OnPublish holds a publisher, under the backpressure policy, while a connected subscriber of the
 // topic has a full in-flight window: its reader goroutine waits before mochi acks and routes the
 // message, so the publisher's own window fills and it slows to the subscriber's pace. A subscriber
-// saturated for DisconnectAfter is disconnected (MQTT 5: 0x97) and the publisher goes on.
+// saturated for DisconnectAfter is disconnected (see dropSlow) and the publisher goes on.
 func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
 	s := h.s
 	if s.opts.Slow.Policy != PolicyBackpressure || s.satCount.Load() == 0 {
@@ -328,7 +328,7 @@ func (h *hook) OnQosDropped(cl *mochi.Client, pk packets.Packet) {
 //   - "backpressure" first holds the publisher until the subscriber's writer makes progress
 //     (bounded), which slows publishers to the pace of the slowest subscriber.
 //   - "disconnect" and "backpressure" disconnect a subscriber whose queue stays full for
-//     DisconnectAfter (MQTT 5: reason 0x97 quota exceeded); a persistent session keeps its parked
+//     DisconnectAfter (its socket is closed, see dropSlow); a persistent session keeps its parked
 //     messages.
 func (h *hook) OnPublishDropped(cl *mochi.Client, pk packets.Packet) {
 	s := h.s
@@ -376,7 +376,8 @@ func (h *hook) OnPublishDropped(cl *mochi.Client, pk packets.Packet) {
 
 // dropSlow disconnects a subscriber that stayed full too long. Its socket is full, so no
 // DISCONNECT can be written (mochi would block the caller writing one): the connection is closed
-// and the session ends with reason 0x97 quota exceeded; a persistent session keeps its messages.
+// and the session ends with cause 0x97 quota exceeded (in logs and hooks); a persistent session
+// keeps its messages.
 func (h *hook) dropSlow(cl *mochi.Client, c *conn) {
 	h.s.metrics.slowDisconnect()
 	h.s.log.Warn().Str("client", cl.ID).Msg("slow subscriber disconnected")
