@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -19,7 +18,6 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	paho3 "github.com/eclipse/paho.mqtt.golang"
-	"github.com/rs/zerolog"
 
 	"github.com/sluicemq/sluice/queue/client"
 )
@@ -55,50 +53,6 @@ bridge:
 	return p
 }
 
-// wiredLine is the call of startQueues in serve.go's app.Start.
-var wiredLine = regexp.MustCompile(`(?m)^\s*a\.stopQueues, err = startQueues\(`)
-
-// queuesWired reports whether app.Start calls startQueues. Until it does, the tests wire the queues
-// themselves the same way (in-process: before Start; child process: a binary built with that line).
-func queuesWired(t testing.TB) bool {
-	t.Helper()
-	src, err := os.ReadFile("serve.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return wiredLine.Match(src)
-}
-
-// startQueuesApp runs the app in-process with the bridge, the queues and the queue API.
-func startQueuesApp(t *testing.T, p string) *app {
-	t.Helper()
-	cfg, err := loadConfig(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	a, err := newApp(cfg, p, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !queuesWired(t) {
-		if a.stopQueues, err = startQueues(context.Background(), cfg, a.broker, a.mux, a.reg, log); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := a.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-		defer cancel()
-		if err := a.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-	})
-	return a
-}
-
 func apiClient(httpAddr string) *client.Client {
 	return &client.Client{BaseURL: "http://" + httpAddr, APIKey: testAPIKey}
 }
@@ -126,7 +80,7 @@ func dialV3(t testing.TB, addr, id string) (paho3.Client, error) {
 // publish QoS 1 with sequence numbers into a bridged topic while a Go client Consumer receives over
 // HTTP and acks; every PUBACKed message arrives.
 func TestQueuesEndToEnd(t *testing.T) {
-	a := startQueuesApp(t, queuesConfig(t, t.TempDir()))
+	a := startApp(t, queuesConfig(t, t.TempDir()))
 	mqttAddr, httpAddr := a.MQTTAddr("tcp").String(), a.HTTPAddr().String()
 	const devices, perDevice = 50, 30
 
@@ -221,7 +175,7 @@ func TestQueuesEndToEnd(t *testing.T) {
 // TestQueuesFullRejectsThroughServe checks the reject policy through the wired broker: MQTT 5 gets
 // 0x97, other topics flow, the stored messages stay.
 func TestQueuesFullRejectsThroughServe(t *testing.T) {
-	a := startQueuesApp(t, queuesConfig(t, t.TempDir()))
+	a := startApp(t, queuesConfig(t, t.TempDir()))
 	mc, err := dialMQTT(t, a.MQTTAddr("tcp").String(), "filler", dialOpts{})
 	if err != nil {
 		t.Fatal(err)
@@ -252,7 +206,7 @@ func cliRun(t *testing.T, httpAddr, key, stdin string, args ...string) (int, str
 }
 
 func TestQueueCommand(t *testing.T) {
-	a := startQueuesApp(t, queuesConfig(t, t.TempDir()))
+	a := startApp(t, queuesConfig(t, t.TempDir()))
 	h := a.HTTPAddr().String()
 	ok := func(stdin string, args ...string) string {
 		t.Helper()
@@ -368,61 +322,11 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// startProcBin is startProc with another binary.
-func startProcBin(t testing.TB, bin string, args ...string) *proc {
-	t.Helper()
-	old := binPath
-	binPath = bin
-	defer func() { binPath = old }()
-	return startProc(t, args...)
-}
-
-// wiredBinary returns a sluice binary whose serve runs the queues: the one TestMain built once
-// serve.go calls startQueues, until then the same sources built with that one line enabled
-// (go build -overlay; no file is changed).
-func wiredBinary(t *testing.T) string {
-	t.Helper()
-	if queuesWired(t) {
-		return binPath
-	}
-	src, err := os.ReadFile("serve.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	wired := regexp.MustCompile(`(?m)^(\s*)// (a\.stopQueues, err = startQueues\()`).ReplaceAll(src, []byte("$1$2"))
-	if !wiredLine.Match(wired) {
-		t.Fatal("serve.go neither calls startQueues nor has the commented call to enable")
-	}
-	dir := t.TempDir()
-	abs, err := filepath.Abs("serve.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "serve.go"), wired, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ov, _ := json.Marshal(map[string]map[string]string{"Replace": {abs: filepath.Join(dir, "serve.go")}})
-	if err := os.WriteFile(filepath.Join(dir, "overlay.json"), ov, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "sluice")
-	args := []string{"build", "-overlay", filepath.Join(dir, "overlay.json"), "-o", bin}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("build the wired binary: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // TestQueuesSurviveSIGKILL is the issue's test 2: devices publish QoS 1 with sequence numbers while a
 // consumer receives and acks over HTTP, and the broker, a child process, is killed with SIGKILL several
 // times and restarted on the same data. No PUBACKed message is lost; duplicates are counted and stay
 // within what was in flight at the kills.
 func TestQueuesSurviveSIGKILL(t *testing.T) {
-	bin := wiredBinary(t)
 	cfgPath := queuesConfig(t, t.TempDir())
 	const devices, v3devices, kills, batch = 8, 2, 3, 50
 
@@ -430,7 +334,7 @@ func TestQueuesSurviveSIGKILL(t *testing.T) {
 	var cur atomic.Pointer[addrs]
 	start := func() *proc {
 		t.Helper()
-		p := startProcBin(t, bin, "serve", "--config", cfgPath)
+		p := startProc(t, "serve", "--config", cfgPath)
 		m, h := p.started()
 		cur.Store(&addrs{m, h})
 		return p
