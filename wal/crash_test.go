@@ -3,6 +3,7 @@ package wal_test
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sluicemq/sluice/wal"
+	"github.com/sluicemq/sluice/wal/waltest"
 )
 
 const (
@@ -138,9 +140,13 @@ func TestCrashKill(t *testing.T) {
 		kill()
 		_ = cmd.Wait()
 
+		torn := ""
+		if rng.IntN(2) == 0 {
+			torn = tearUnacked(t, dir, maxKey(acked), rng)
+		}
 		l, err := wal.Open(dir, wal.Options{SegmentSize: crashSegSize})
 		if err != nil {
-			t.Fatalf("round %d: reopen after kill: %v", round, err)
+			t.Fatalf("round %d: reopen after kill%s: %v", round, torn, err)
 		}
 		for idx, rec := range acked {
 			got, err := l.Read(idx)
@@ -149,8 +155,58 @@ func TestCrashKill(t *testing.T) {
 				t.Fatalf("round %d: acked record %d: got %.40q, %v; want %.40q", round, idx, got, err, rec)
 			}
 		}
-		t.Logf("round %d: killed after %d acks (target %d); %d acked records intact, LastIndex %d",
-			round, seen, killAfter, len(acked), l.LastIndex())
+		t.Logf("round %d: killed after %d acks (target %d)%s; %d acked records intact, LastIndex %d",
+			round, seen, killAfter, torn, len(acked), l.LastIndex())
 		closeLog(t, l)
 	}
+}
+
+func maxKey(m map[uint64]string) uint64 {
+	var k uint64
+	for i := range m {
+		k = max(k, i)
+	}
+	return k
+}
+
+// tearUnacked simulates a power loss after the kill: the tail segment loses
+// a random part of what follows the last acked record (never acknowledged,
+// so it may be lost), and sometimes gains zeros (its size reached the disk,
+// its data did not). It returns a description for the log.
+func tearUnacked(t *testing.T, dir string, lastAcked uint64, rng *rand.Rand) string {
+	t.Helper()
+	segs := waltest.Segments(t, dir)
+	if len(segs) == 0 {
+		return ""
+	}
+	tail := segs[len(segs)-1]
+	data, err := os.ReadFile(tail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Walk the entries (uvarint length, then a frame whose bytes 5..13 hold
+	// the index) to the end of the last acked one, if it is in this segment.
+	keep := 0
+	for off := 0; off < len(data); {
+		size, n := binary.Uvarint(data[off:])
+		if n <= 0 || size < 13 || uint64(len(data)-off-n) < size {
+			break
+		}
+		idx := binary.LittleEndian.Uint64(data[off+n+5 : off+n+13])
+		off += n + int(size)
+		if idx <= lastAcked {
+			keep = off
+		}
+	}
+	if keep == len(data) {
+		return ""
+	}
+	cut := keep + rng.IntN(len(data)-keep)
+	waltest.Truncate(t, tail, int64(cut))
+	desc := fmt.Sprintf(", tail cut from %d to %d bytes", len(data), cut)
+	if rng.IntN(2) == 0 {
+		waltest.AppendZeros(t, tail, 1+rng.IntN(4096))
+		desc += " and zero-filled"
+	}
+	return desc
 }
