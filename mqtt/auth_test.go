@@ -165,3 +165,38 @@ func TestACL(t *testing.T) {
 	})
 	_ = paho.Publish{}
 }
+
+func TestACLDeniedPublishV3(t *testing.T) {
+	srv := startServer(t, Options{ACL: []ACLRule{{Publish: []string{"ok/#"}, Subscribe: []string{"#"}}}})
+	addr := srv.Addr("tcp").String()
+	watcher := mustV5(t, addr, v5opts{id: "w"})
+	watcher.sub(t, "#", 1)
+	// QoS 0 to a denied topic: dropped, connection kept.
+	nc := rawConnect(t, addr, 4, "v3-pub")
+	nc.Write(publishPacket(4, []byte("denied/x"), []byte("q0")))
+	nc.Write(publishPacket(4, []byte("ok/x"), []byte("fine")))
+	if p := watcher.next(t, 5*time.Second); string(p.Payload) != "fine" {
+		t.Fatalf("watcher got %s %q", p.Topic, p.Payload)
+	}
+	// QoS 1 to a denied topic: MQTT 3 has no negative PUBACK, so the client is disconnected.
+	var b []byte
+	b = append(b, 0x32, 0)
+	body := append([]byte{0, 8}, "denied/y"...)
+	body = append(body, 0, 1, 'x')
+	b[1] = byte(len(body))
+	nc.Write(append(b, body...))
+	expectClose(t, nc)
+	watcher.none(t, 200*time.Millisecond)
+}
+
+func TestAnonymousUsernameWithoutUsers(t *testing.T) {
+	srv := startServer(t, Options{ACL: []ACLRule{{Username: "admin", Subscribe: []string{"#"}}, {Subscribe: []string{"pub/#"}}}})
+	c := mustV5(t, srv.Addr("tcp").String(), v5opts{id: "claims-admin", user: "admin"})
+	// The claimed username is not trusted on an anonymous listener without users: no admin rights.
+	if sa := c.sub(t, "secret/#", 0); sa.Reasons[0] != 0x87 {
+		t.Fatalf("subscribe with an unverified username: %#x, want 0x87", sa.Reasons[0])
+	}
+	if sa := c.sub(t, "pub/#", 0); sa.Reasons[0] != 0 {
+		t.Fatalf("subscribe granted to anyone: %#x", sa.Reasons[0])
+	}
+}
