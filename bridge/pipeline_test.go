@@ -113,3 +113,43 @@ func TestPipelineKeepsOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestPipelineQoS2WaitsForQoS1: a QoS 2 publish behind pipelined QoS 1 publishes is handled after
+// them (its PUBREC after their PUBACKs, its record after theirs).
+func TestPipelineQoS2WaitsForQoS1(t *testing.T) {
+	r := newRig(t, rigOptions{pipeline: true, rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}}})
+	rc := dialRaw(t, r.addr, "gw2", "unused", nil)
+	defer rc.close()
+	const n = 50
+	for i := range n {
+		if _, err := rc.bw.Write(publishPacket("devices/gw2/telemetry", uint16(i+1), []byte(strconv.Itoa(i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q2 := publishPacket("devices/gw2/telemetry", n+1, []byte("qos2"))
+	q2[0] = 0x34 // PUBLISH, QoS 2
+	if _, err := rc.bw.Write(q2); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	_ = rc.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for i := range n + 1 {
+		typ, body, err := rc.readPacket()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := binary.BigEndian.Uint16(body)
+		switch {
+		case i < n && (typ != 4 || id != uint16(i+1)):
+			t.Fatalf("packet %d: type %d id %d, want PUBACK %d", i, typ, id, i+1)
+		case i == n && (typ != 5 || id != n+1):
+			t.Fatalf("last packet: type %d id %d, want PUBREC %d", typ, id, n+1)
+		}
+	}
+	ds := drain(t, r.m, "telemetry")
+	if len(ds) != n+1 || string(ds[n].Payload) != "qos2" {
+		t.Fatalf("queue holds %d, last %q; want %d with the QoS 2 record last", len(ds), ds[len(ds)-1].Payload, n+1)
+	}
+}
