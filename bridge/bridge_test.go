@@ -576,7 +576,10 @@ func testQoS2ResendIsNotEnqueuedTwice(t *testing.T, pipeline bool) {
 	send(false)
 	expect(packets.PUBREC)
 	send(true) // resend before PUBREL
-	expect(packets.PUBREC)
+	if rec := expect(packets.PUBREC).Content.(*packets.Pubrec); rec.ReasonCode != 0 {
+		// mochi v2.7.9 answers a resend whose PUBREC is in flight with 0x91 (packet identifier in use).
+		t.Logf("PUBREC to the resend: reason %#x", rec.ReasonCode)
+	}
 	rel := packets.NewControlPacket(packets.PUBREL)
 	rel.Content.(*packets.Pubrel).PacketID = 7
 	if _, err := rel.WriteTo(conn); err != nil {
