@@ -232,10 +232,13 @@ func Open(dir string, opts Options) (*Log, error) {
 		}
 		return nil, fmt.Errorf("wal: lock %s: %w", dir, err)
 	}
+	began := time.Now()
 	if err := l.openLocked(); err != nil {
 		_ = l.lock.Close()
 		return nil, err
 	}
+	l.log.Debug().Uint64("first_index", l.FirstIndex()).Uint64("last_index", l.LastIndex()).
+		Int("segments", len(l.segs)).Dur("took", time.Since(began)).Msg("opened")
 	go l.run()
 	return l, nil
 }
