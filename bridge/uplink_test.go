@@ -639,3 +639,36 @@ func TestUplinkCloseIsIdempotent(t *testing.T) {
 		t.Fatalf("state %q after Close", s)
 	}
 }
+
+// TestUplinkLongOutageKeepsLeases: an outage many leases long costs the messages the uplink holds no
+// delivery attempt: their leases are renewed while it reconnects, and they go out first, in order.
+func TestUplinkLongOutageKeepsLeases(t *testing.T) {
+	cloud := ulStartCloud(t, mqtt.Options{})
+	edge := ulOpenEdge(t, t.TempDir(), ulEdgeConfig())
+	defer edge.Close()
+	reg := prometheus.NewRegistry()
+	o := ulOptions("cloud", cloud.url())
+	o.Lease, o.Timeout, o.Rate, o.Burst, o.Registerer = 300*time.Millisecond, 100*time.Millisecond, 200, 1, reg
+	u := ulStart(t, edge, o)
+	ulEnqueue(t, edge, []string{"a", "b"}, 0, 200)
+	ulWait(t, 10*time.Second, "the first messages upstream", func() bool { return cloud.received() >= 50 })
+	cloud.stop()
+	if st, _ := edge.Stats("up"); st.Leased == 0 {
+		t.Fatal("the uplink holds no message at the start of the outage; the test proves nothing")
+	}
+	// Reconnect attempts back off up to 200ms: 15 failed attempts take several leases.
+	ulWait(t, 20*time.Second, "a long outage", func() bool { return u.Status().Failures >= 15 })
+	cloud.start()
+	ulWait(t, 30*time.Second, "the backlog to drain", func() bool { return ulBacklog(t, edge) == 0 })
+	ulCheck(t, ulPayloads(cloud.messages()), map[string]int{"a": 200, "b": 200})
+	st, err := edge.Stats("up")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Nacked != 0 || st.Dead != 0 {
+		t.Errorf("the outage cost attempts: %d nacked, %d dead", st.Nacked, st.Dead)
+	}
+	if s := ulMetric(t, reg, "sluice_uplink_failures_total", "uplink", "cloud", "reason", "stale_receipt"); s != 0 {
+		t.Errorf("%v leases ran out during the outage", s)
+	}
+}
