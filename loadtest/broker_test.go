@@ -203,6 +203,13 @@ func (q *memQueue) handler(name string) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"messages": append([]msg{}, out...)})
 	})
+	mux.HandleFunc("GET /v1/queues/{q}", func(w http.ResponseWriter, r *http.Request) {
+		if r.PathValue("q") != name {
+			http.Error(w, `{"error":"no such queue"}`, http.StatusNotFound)
+			return
+		}
+		_, _ = io.WriteString(w, `{"name":"`+name+`"}`)
+	})
 	mux.HandleFunc("POST /v1/queues/{q}/ack", func(w http.ResponseWriter, r *http.Request) {
 		var in struct {
 			Receipts []string `json:"receipts"`

@@ -34,16 +34,23 @@ type QueueConsumer interface {
 // POST {api}/v1/queues/{q}/ack {"receipts": [...]}.
 type HTTPQueue struct {
 	base   string
+	apiKey string
 	client *http.Client
 }
 
-// NewHTTPQueue returns a consumer of queue name at api (e.g. http://127.0.0.1:8080). A nil client
-// means one with a 30s timeout on top of the long-poll wait.
-func NewHTTPQueue(api, name string, client *http.Client) *HTTPQueue {
+// NewHTTPQueue returns a consumer of queue name at api (e.g. http://127.0.0.1:8080). apiKey, when
+// not empty, is sent as "Authorization: Bearer KEY". A nil client means one with a 60s timeout.
+func NewHTTPQueue(api, name, apiKey string, client *http.Client) *HTTPQueue {
 	if client == nil {
 		client = &http.Client{Timeout: 60 * time.Second}
 	}
-	return &HTTPQueue{base: strings.TrimRight(api, "/") + "/v1/queues/" + url.PathEscape(name), client: client}
+	return &HTTPQueue{base: strings.TrimRight(api, "/") + "/v1/queues/" + url.PathEscape(name), apiKey: apiKey, client: client}
+}
+
+// Check asks for the queue's description (GET /v1/queues/{q}) without touching its messages, so a
+// missing API, queue or key is reported before the load starts.
+func (q *HTTPQueue) Check(ctx context.Context) error {
+	return q.do(ctx, http.MethodGet, "", "check", nil, nil)
 }
 
 // QueueError is a non-2xx answer of the queue API.
@@ -58,15 +65,28 @@ func (e *QueueError) Error() string {
 }
 
 func (q *HTTPQueue) post(ctx context.Context, op string, in, out any) error {
-	body, err := json.Marshal(in)
+	return q.do(ctx, http.MethodPost, "/"+op, op, in, out)
+}
+
+func (q *HTTPQueue) do(ctx context.Context, method, path, op string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		data, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, q.base+path, body)
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, q.base+"/"+op, bytes.NewReader(body))
-	if err != nil {
-		return err
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
-	req.Header.Set("Content-Type", "application/json")
+	if q.apiKey != "" {
+		req.Header.Set("Authorization", "Bearer "+q.apiKey)
+	}
 	resp, err := q.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("queue API %s: %w", op, err)

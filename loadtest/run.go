@@ -340,14 +340,16 @@ func (r *run) runMessages(ctx context.Context) (*Result, error) {
 	if sc.Kind == Bridge {
 		q := r.t.Queue
 		if q == nil {
-			q = NewHTTPQueue(sc.Queue.API, sc.Queue.Name, nil)
+			q = NewHTTPQueue(sc.Queue.API, sc.Queue.Name, sc.Queue.APIKey, nil)
 		}
-		// Fail fast when the API is not there.
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := q.Receive(pctx, 1, 0, time.Millisecond)
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("queue %q at %s: %w", sc.Queue.Name, sc.Queue.API, err)
+		// Fail fast when the API, the queue or the key is not there.
+		if c, ok := q.(interface{ Check(context.Context) error }); ok {
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := c.Check(pctx)
+			cancel()
+			if err != nil {
+				return nil, fmt.Errorf("queue %q at %s: %w", sc.Queue.Name, sc.Queue.API, err)
+			}
 		}
 		for range sc.Queue.Consumers {
 			lat := newLatencies()

@@ -80,6 +80,7 @@ type QueueSpec struct {
 	Batch     int              `yaml:"batch" json:"batch,omitempty"` // messages per receive
 	Wait      devices.Duration `yaml:"wait" json:"wait,omitempty"`   // long-poll wait per receive
 	Lease     devices.Duration `yaml:"lease" json:"lease,omitempty"`
+	APIKey    string           `yaml:"api_key" json:"-"` // sent as a Bearer token
 }
 
 // LoadScenario reads a scenario file strictly (unknown key, bad duration or rate: a
