@@ -27,6 +27,8 @@ func commands() []command {
 		{"serve", "run the MQTT broker with its bridge, queues and admin HTTP listener", cmdServe},
 		{"queue", "use the queue HTTP API: ls, stats, receive, tail, send, dead, redrive, purge", cmdQueue},
 		{"config", "print the default configuration: the reference of every key", cmdConfig},
+		{"devices", "simulate a fleet of MQTT devices publishing telemetry", cmdDevices},
+		{"loadtest", "load-test any MQTT broker: throughput, latency percentiles, loss; compare two", cmdLoadtest},
 		{"passwd", "read a password on stdin and print its bcrypt hash for mqtt.users", cmdPasswd},
 		{"version", "print the version and build information", cmdVersion},
 	}
