@@ -162,6 +162,7 @@ type upWriteBuffer struct {
 	conn    net.Conn
 	bw      *bufio.Writer
 	timeout time.Duration
+	dirty   bool // queued packets wait for a flush
 }
 
 // writeLocked writes a packet into the buffer; a write reaching the socket gets the deadline too.
@@ -176,6 +177,7 @@ func (w *upWriteBuffer) writeLocked(wt interface {
 }
 
 func (w *upWriteBuffer) flushLocked() error {
+	w.dirty = false
 	if w.bw.Buffered() == 0 {
 		return nil
 	}

@@ -222,6 +222,36 @@ func (c *v5Conn) send(cp *packets.ControlPacket) {
 	}
 }
 
+// queue writes a control packet without flushing it (see flushQueued).
+func (c *v5Conn) queue(cp *packets.ControlPacket) {
+	c.w.mu.Lock()
+	err := c.w.writeLocked(cp)
+	if err == nil {
+		c.w.dirty = true
+	}
+	c.w.mu.Unlock()
+	if err != nil {
+		c.fail(fmt.Errorf("write: %w", err))
+		_ = c.conn.Close()
+	}
+}
+
+// flushQueued flushes what queue wrote, if nothing else did; false when the connection failed.
+func (c *v5Conn) flushQueued() bool {
+	c.w.mu.Lock()
+	var err error
+	if c.w.dirty {
+		err = c.w.flushLocked()
+	}
+	c.w.mu.Unlock()
+	if err != nil {
+		c.fail(fmt.Errorf("write: %w", err))
+		_ = c.conn.Close()
+		return false
+	}
+	return true
+}
+
 // done reports the answer to the publish with packet id id.
 func (c *v5Conn) done(id uint16, code byte, reason string) {
 	c.mu.Lock()
@@ -241,6 +271,9 @@ func (c *v5Conn) readLoop() {
 		ka = time.Minute
 	}
 	for {
+		if c.br.Buffered() == 0 && !c.flushQueued() {
+			return
+		}
 		_ = c.conn.SetReadDeadline(time.Now().Add(ka * 3 / 2))
 		cp, err := packets.ReadPacket(c.br)
 		if err != nil {
@@ -261,7 +294,7 @@ func (c *v5Conn) readLoop() {
 			}
 			rel := packets.NewControlPacket(packets.PUBREL)
 			rel.Content.(*packets.Pubrel).PacketID = pk.PacketID
-			c.send(rel)
+			c.queue(rel) // flushed once the PUBRECs read so far are answered
 		case *packets.Pubcomp:
 			// A PUBCOMP's only failure code (0x92, packet id not found) still means the upstream
 			// has the message: it was PUBREC'd before.
