@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -87,7 +88,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	defer signal.Stop(hup)
 
 	if err := a.Start(ctx); err != nil {
-		fmt.Fprintf(stderr, "sluice serve: %v\n", err)
+		fmt.Fprintf(stderr, "sluice serve: %s\n", startErrText(err))
 		return 2
 	}
 	for running := true; running; {
@@ -350,6 +351,20 @@ func (a *app) Start(ctx context.Context) (err error) {
 	}
 	ev.Str("config", configName(a.configPath)).Str("data_dir", cfg.DataDir).Str("version", version).Msg("started")
 	return nil
+}
+
+// startErrText renders err on one line for the user: a failed listen reads "... listen on ADDR: address
+// already in use" rather than repeating the address, and joined errors are separated by "; ".
+func startErrText(err error) string {
+	msg := err.Error()
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "listen" {
+		var se *os.SyscallError
+		if errors.As(op.Err, &se) {
+			msg = strings.Replace(msg, op.Error(), se.Err.Error(), 1)
+		}
+	}
+	return strings.ReplaceAll(strings.TrimSpace(msg), "\n", "; ")
 }
 
 // listenErr shortens a listen error to "listen on ADDR: address already in use" and the like.
