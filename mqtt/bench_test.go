@@ -265,7 +265,7 @@ func report(b *testing.B, r fanResult) {
 	}
 }
 
-func benchServer(b *testing.B, opts Options) *Server {
+func benchServer(b *testing.B, opts Options, mods ...func(*Server)) *Server {
 	if opts.Limits.MaxInflight == 0 {
 		opts.Limits.MaxInflight = 1000
 	}
@@ -277,7 +277,7 @@ func benchServer(b *testing.B, opts Options) *Server {
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	return startServer(b, opts)
+	return startServerWith(b, opts, mods...)
 }
 
 // BenchmarkFanIn: 20 publishers → 1 subscriber, under each slow-subscriber policy. With "drop" the
@@ -291,6 +291,13 @@ func BenchmarkFanIn(b *testing.B) {
 				report(b, fan(b, srv, qos, 20, 1, 0))
 			})
 		}
+	}
+	// The write-coalescing lever: the same QoS 1 run with every packet written at once.
+	for _, coalesce := range []bool{true, false} {
+		b.Run(fmt.Sprintf("qos=1/publishers=20/slow=backpressure/coalesce=%v", coalesce), func(b *testing.B) {
+			srv := benchServer(b, Options{Slow: SlowSubscribers{Policy: PolicyBackpressure}}, func(s *Server) { s.noCoalesce = !coalesce })
+			report(b, fan(b, srv, 1, 20, 1, 0))
+		})
 	}
 }
 

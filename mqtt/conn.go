@@ -98,7 +98,7 @@ func (c *conn) Write(p []byte) (int, error) {
 	if c.werr != nil {
 		return 0, c.werr
 	}
-	if c.reading && (c.buf == nil || len(*c.buf) == 0) {
+	if (c.reading || c.srv.noCoalesce) && (c.buf == nil || len(*c.buf) == 0) {
 		n, err := c.Conn.Write(p)
 		if err != nil {
 			c.werr = err
@@ -142,6 +142,9 @@ func (c *conn) flushLocked() error {
 	}
 	b := c.buf
 	c.buf = nil
+	if c.armed && c.timer.Stop() {
+		c.armed = false // nothing left for the timer to flush
+	}
 	var err error
 	if len(*b) > 0 && c.werr == nil {
 		_, err = c.Conn.Write(*b)

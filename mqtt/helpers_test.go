@@ -25,12 +25,21 @@ func TestMain(m *testing.M) {
 // unless opts has listeners, and shuts it down at cleanup.
 func startServer(t testing.TB, opts Options) *Server {
 	t.Helper()
+	return startServerWith(t, opts)
+}
+
+// startServerWith is startServer with mods applied to the server before Start.
+func startServerWith(t testing.TB, opts Options, mods ...func(*Server)) *Server {
+	t.Helper()
 	if len(opts.Listeners) == 0 {
 		opts.Listeners = []Listener{{Name: "tcp", Type: TypeTCP, Address: "127.0.0.1:0", AllowAnonymous: true}}
 	}
 	srv, err := New(opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
+	}
+	for _, m := range mods {
+		m(srv)
 	}
 	if err := srv.Start(); err != nil {
 		t.Fatalf("Start: %v", err)

@@ -32,6 +32,8 @@ type Server struct {
 	conns     atomic.Int64 // admitted, not yet closed network connections
 	stopping  chan struct{}
 
+	noCoalesce bool // benchmarks only: write every packet at once, as stock mochi does
+
 	satCount atomic.Int32 // connected subscribers with a full in-flight window (backpressure)
 	satMu    sync.Mutex
 	satCh    chan struct{} // closed when a subscriber stops being saturated
