@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -142,4 +144,33 @@ func TestSlowSubscriber(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestStorageErrors(t *testing.T) {
+	t.Run("dir is a file", func(t *testing.T) {
+		f := t.TempDir() + "/file"
+		if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		srv, err := New(Options{StorageDir: f, Listeners: []Listener{{Name: "tcp", Type: TypeTCP, Address: "127.0.0.1:0"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Start(); err == nil || !strings.Contains(err.Error(), f) {
+			t.Fatalf("Start: %v, want an error naming %s", err, f)
+		}
+		_ = srv.Shutdown(context.Background())
+	})
+	t.Run("dir in use", func(t *testing.T) {
+		dir := t.TempDir()
+		startServer(t, Options{StorageDir: dir})
+		srv, err := New(Options{StorageDir: dir, Listeners: []Listener{{Name: "tcp", Type: TypeTCP, Address: "127.0.0.1:0"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Start(); err == nil || !strings.Contains(err.Error(), dir) {
+			t.Fatalf("Start on a storage dir in use: %v, want an error naming it", err)
+		}
+		_ = srv.Shutdown(context.Background())
+	})
 }

@@ -154,6 +154,9 @@ func (s *Server) Start() error {
 			_ = l.ln.Close()
 			l.serveWG.Done()
 		}
+		if s.storage != nil {
+			_ = s.storage.Stop()
+		}
 	}
 	if s.opts.StorageDir != "" {
 		st, err := openStorage(s.opts.StorageDir, s.opts.StorageSync)
