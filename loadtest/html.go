@@ -38,7 +38,11 @@ func WriteHTML(w io.Writer, rep *Report) error {
 		}
 		secs = append(secs, s)
 	}
-	return pageTmpl.Execute(w, map[string]any{"R": rep, "Sections": secs, "Brokers": strings.Join(rep.Brokers, " vs ")})
+	ratio := ""
+	if len(rep.Brokers) == 2 {
+		ratio = rep.Brokers[1] + "/" + rep.Brokers[0]
+	}
+	return pageTmpl.Execute(w, map[string]any{"R": rep, "Sections": secs, "Brokers": strings.Join(rep.Brokers, " vs "), "Ratio": ratio})
 }
 
 var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>
@@ -52,6 +56,7 @@ th:first-child,td:first-child{text-align:left}.bad{color:#dc2626;font-weight:bol
 </style></head><body>
 <h1>Load test: {{.Brokers}}</h1>
 <p class="muted">{{.R.Generated.Format "2006-01-02 15:04 MST"}} · {{.R.Machine.CPUModel}} · {{.R.Machine.CPUs}} CPUs · {{.R.Machine.MemoryMiB}} MiB · {{.R.Machine.OS}}/{{.R.Machine.Arch}} · {{.R.Machine.GoVersion}}</p>
+{{if .Ratio}}<p class="muted">The last column is {{.Ratio}}: <span class="good">green</span> where the second broker did better by more than 5%, <span class="bad">red</span> where it did worse. Latency is measured from each message's intended send time.</p>{{end}}
 {{range .Sections}}<h2>{{.Name}}</h2><p class="muted">{{.Describe}}</p>
 {{.Table}}
 {{range .Problems}}<p class="bad">{{.}}</p>{{end}}
