@@ -14,7 +14,6 @@ var (
 	ErrInvalidOptions = errors.New("mqtt: invalid options")
 	ErrClosed         = errors.New("mqtt: server closed")
 	ErrStarted        = errors.New("mqtt: server already started")
-	ErrNotStarted     = errors.New("mqtt: server not started")
 )
 
 // Listener types.
