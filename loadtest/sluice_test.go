@@ -54,7 +54,7 @@ func TestAgainstSluice(t *testing.T) {
 	}{
 		{Scenario{Kind: FanIn, Publishers: 4, Subscribers: 1, Rate: 400, QoS: 1, SubscribeQoS: q1(), Duration: short}, tcp},
 		{Scenario{Kind: FanOut, Publishers: 1, Subscribers: 4, Rate: 100, QoS: 1, SubscribeQoS: q1(), Duration: short}, ws},
-		{Scenario{Kind: P2P, Pairs: 3, Rate: 300, QoS: 1, SubscribeQoS: q1(), Duration: short, Protocol: devices.MQTT311}, tcp},
+		{Scenario{Kind: P2P, Pairs: 3, Rate: 300, QoS: 1, SubscribeQoS: q1(), Duration: short, Protocol: devices.MQTT311}, ws},
 		{Scenario{Kind: Shared, Publishers: 2, Subscribers: 2, Rate: 200, QoS: 1, SubscribeQoS: q1(), Duration: short}, tcp},
 		{Scenario{Kind: Storm, Connections: 50, Duration: dur(100 * time.Millisecond)}, tcp},
 	} {
