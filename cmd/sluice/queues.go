@@ -24,23 +24,23 @@ import (
 // The returned stop ends pending long polls, drains the bridge's QoS 0 buffers and closes the queues.
 // Call it after srv.Shutdown (no publish may arrive after the bridge closed); the HTTP server may be
 // shut down before or after it (API calls after stop answer 503).
-func startQueues(ctx context.Context, cfg *configs.Config, srv *mqtt.Server, mux *http.ServeMux, reg prometheus.Registerer, log zerolog.Logger) (stop func(context.Context) error, err error) {
+func startQueues(ctx context.Context, cfg *configs.Config, srv *mqtt.Server, mux *http.ServeMux, reg prometheus.Registerer, log zerolog.Logger) (qm *queue.Manager, stop func(context.Context) error, err error) {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rules := make([]bridge.Rule, len(cfg.Bridge.Rules))
 	for i, r := range cfg.Bridge.Rules {
 		if r.MinQoS < 0 || r.MinQoS > 2 {
-			return nil, fmt.Errorf("bridge rule %d: min_qos %d is not 0, 1 or 2", i+1, r.MinQoS)
+			return nil, nil, fmt.Errorf("bridge rule %d: min_qos %d is not 0, 1 or 2", i+1, r.MinQoS)
 		}
 		rules[i] = bridge.Rule{Filter: r.Filter, Queue: r.Queue, MinQoS: byte(r.MinQoS)}
 	}
 	if err := bridge.ValidateRules(rules); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	keys, err := apiKeys(cfg.HTTP.APIKeys)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 
 	opts := queue.Options{
@@ -59,7 +59,7 @@ func startQueues(ctx context.Context, cfg *configs.Config, srv *mqtt.Server, mux
 	}
 	m, err := queue.Open(filepath.Join(cfg.DataDir, "queues"), opts)
 	if err != nil {
-		return nil, fmt.Errorf("open queues: %w", err)
+		return nil, nil, fmt.Errorf("open queues: %w", err)
 	}
 	bopts := bridge.Options{Rules: rules, Logger: log, Registerer: reg}
 	// Pipelined acks need the broker to re-inject stored publishes (mochi's InjectPacket); they turn on
@@ -69,22 +69,22 @@ func startQueues(ctx context.Context, cfg *configs.Config, srv *mqtt.Server, mux
 	}
 	b, err := bridge.New(m, bopts)
 	if err != nil {
-		return nil, errors.Join(err, m.Close())
+		return nil, nil, errors.Join(err, m.Close())
 	}
 	if err := srv.AddHook(b.Hook(), nil); err != nil {
-		return nil, errors.Join(fmt.Errorf("add bridge hook: %w", err), b.Close(ctx), m.Close())
+		return nil, nil, errors.Join(fmt.Errorf("add bridge hook: %w", err), b.Close(ctx), m.Close())
 	}
 	var api *httpapi.Handler
 	if mux != nil {
 		api, err = httpapi.New(m, httpapi.Options{Keys: keys, Logger: log, Registerer: reg})
 		if err != nil {
-			return nil, errors.Join(err, b.Close(ctx), m.Close())
+			return nil, nil, errors.Join(err, b.Close(ctx), m.Close())
 		}
 		api.Register(mux)
 	}
 	log.Info().Int("rules", len(rules)).Strs("queues", m.Queues()).Int("api_keys", len(keys)).
 		Bool("pipelined_acks", bopts.Pipeline != nil).Msg("queues started")
-	return func(ctx context.Context) error {
+	return m, func(ctx context.Context) error {
 		if api != nil {
 			api.Close()
 		}

@@ -228,9 +228,10 @@ type app struct {
 	httpLn   net.Listener
 	httpDone chan struct{}
 
-	// stopQueues closes the bridge and the queues (set by Start when queues are wired in).
-	stopQueues func(context.Context) error
-	unlock     func() // releases the data directory's lock
+	// stopQueues closes the bridge and the queues; stopUplinks the uplinks that drain them upstream.
+	stopQueues  func(context.Context) error
+	stopUplinks func(context.Context) error
+	unlock      func() // releases the data directory's lock
 
 	mu  sync.Mutex // guards cfg and state
 	cfg *configs.Config
@@ -305,19 +306,25 @@ func (a *app) Start(ctx context.Context) (err error) {
 			for i := len(undo) - 1; i >= 0; i-- {
 				_ = undo[i](sctx)
 			}
-			a.unlock, a.stopQueues = nil, nil
+			a.unlock, a.stopQueues, a.stopUplinks = nil, nil, nil
 		}
 	}()
-	// The queues and the bridge's hook, before the broker starts.
-	a.stopQueues, err = startQueues(ctx, cfg, a.broker, a.mux, a.reg, a.baseLog)
+	// The queues and the bridge's hook, before the broker starts; uplinks' topic filters become rules.
+	qm, stopQueues, err := startQueues(ctx, withUplinkRules(cfg), a.broker, a.mux, a.reg, a.baseLog)
 	if err != nil {
 		return err
 	}
+	a.stopQueues = stopQueues
 	undo = append(undo, a.stopQueues)
 	if err := a.broker.Start(); err != nil {
 		return err
 	}
 	undo = append(undo, a.broker.Shutdown)
+	a.stopUplinks, err = startUplinks(ctx, cfg, qm, a.mux, a.reg, a.baseLog)
+	if err != nil {
+		return err
+	}
+	undo = append(undo, a.stopUplinks)
 	if cfg.HTTP.Address != "" {
 		ln, err := net.Listen("tcp", cfg.HTTP.Address)
 		if err != nil {
@@ -422,7 +429,8 @@ func (a *app) Reload() error {
 // sameSettings compares two configurations' values (not where they were read from).
 func sameSettings(a, b *configs.Config) bool {
 	return reflect.DeepEqual(a.Log, b.Log) && reflect.DeepEqual(a.MQTT, b.MQTT) && reflect.DeepEqual(a.HTTP, b.HTTP) &&
-		a.DataDir == b.DataDir && reflect.DeepEqual(a.Queues, b.Queues) && reflect.DeepEqual(a.Bridge, b.Bridge)
+		a.DataDir == b.DataDir && reflect.DeepEqual(a.Queues, b.Queues) && reflect.DeepEqual(a.Bridge, b.Bridge) &&
+		reflect.DeepEqual(a.Uplinks, b.Uplinks)
 }
 
 // Shutdown stops in order: the broker (stop accepting, disconnect clients, flush storage), the bridge
@@ -438,6 +446,11 @@ func (a *app) Shutdown(ctx context.Context) error {
 	var errs []error
 	if err := a.broker.Shutdown(ctx); err != nil && !errors.Is(err, mqtt.ErrClosed) {
 		errs = append(errs, fmt.Errorf("mqtt: %w", err))
+	}
+	if a.stopUplinks != nil {
+		if err := a.stopUplinks(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("uplinks: %w", err))
+		}
 	}
 	if a.stopQueues != nil {
 		if err := a.stopQueues(ctx); err != nil {

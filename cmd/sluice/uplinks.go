@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 
@@ -18,11 +19,13 @@ import (
 	"github.com/sluicemq/sluice/queue"
 )
 
-// addUplinkRules adds to cfg.Bridge.Rules the rules of the uplinks that name topic filters instead of a
-// queue (filter → queue uplink.<name>), so that startQueues creates those queues and routes into them.
-// Call it after validation and before startQueues.
-func addUplinkRules(cfg *configs.Config) {
-	cfg.Bridge.Rules = append(cfg.Bridge.Rules, cfg.UplinkRules()...)
+// withUplinkRules returns a copy of cfg whose Bridge.Rules also hold the rules of the uplinks that name
+// topic filters instead of a queue (filter → queue uplink.<name>), so that startQueues creates those
+// queues and routes into them. cfg itself is left as it was read (Reload compares it with the file).
+func withUplinkRules(cfg *configs.Config) *configs.Config {
+	c := *cfg
+	c.Bridge.Rules = append(slices.Clone(cfg.Bridge.Rules), cfg.UplinkRules()...)
+	return &c
 }
 
 // startUplinks starts one store-and-forward uplink per entry of cfg.Uplinks, each draining its queue of
