@@ -291,3 +291,33 @@ func TestClientAsyncPublishAcks(t *testing.T) {
 		})
 	}
 }
+
+// TestPersistentSessionKeepsCommands: with a persistent session, a command sent while the device
+// is down (a flap) is delivered by the broker when it reconnects, and answered.
+func TestPersistentSessionKeepsCommands(t *testing.T) {
+	for _, proto := range []Protocol{MQTT5, MQTT311} {
+		t.Run("protocol="+string(proto), func(t *testing.T) {
+			broker, _ := startBroker(t, brokerOpts{})
+			rec, obs := subscribe(t, broker, MQTT5, "devices/+/commands/reply")
+			f, err := NewFleet(Config{Broker: broker, Count: 1, Protocol: proto, Idle: true, PersistentSession: true,
+				CommandTopic: "devices/{id}/commands", Flaps: Flaps{Every: Duration(100 * time.Millisecond), Down: Duration(400 * time.Millisecond), Fraction: 1}}, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- f.Run(ctx) }()
+			waitFor(t, "a flap", 10*time.Second, func() bool { s := f.Stats(); return s.Flaps >= 1 && s.Connected == 0 })
+			if err := obs.Publish(context.Background(), Message{Topic: "devices/dev-1/commands", Payload: []byte("while-away"), QoS: 1}); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "the queued command answered after reconnecting", 10*time.Second, func() bool {
+				return rec.find(func(m Message) bool { return strings.Contains(string(m.Payload), "while-away") }) >= 1
+			})
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
