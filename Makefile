@@ -8,7 +8,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 FUZZTIME  ?= 20s
 TESTFLAGS ?=
 
-.PHONY: all build run test bench lint fuzz cross clean
+.PHONY: all build run test bench bench-compare chaos lint fuzz cross clean
 
 all: build
 
@@ -28,6 +28,15 @@ BENCH ?= .
 PKG   ?= ./...
 bench:
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem $(PKG)
+
+## bench-compare: Sluice and Mosquitto (installed from Debian when missing) side by side on loopback;
+## writes out/bench-compare.{json,html}.
+bench-compare: build
+	loadtest/benchcompare.sh
+
+## chaos: the full fault and abuse suite (kill -9 loops, full disk, hostile clients); prints a summary.
+chaos:
+	SLUICE_CHAOS=full $(GO) test -race -count=1 -timeout 60m -v -run . ./loadtest/chaos
 
 ## lint: formatting, vet, and the import rules of DESIGN.md.
 lint:
