@@ -110,7 +110,8 @@ ramp:
 	res.Timeline = tl.stop()
 	if samp != nil {
 		res.Resources = samp.stop()
-		if res.Connections > 0 && peakAtFull > res.Resources.StartRSS {
+		// Per connection only for idle: a storm's connections are not held long enough to say.
+		if sc.Kind == Idle && res.Connections > 0 && peakAtFull > res.Resources.StartRSS {
 			res.Resources.RSSPerConn = float64(max(peakAtFull, res.Resources.PeakRSS)-res.Resources.StartRSS) / float64(res.Connections)
 		}
 	}

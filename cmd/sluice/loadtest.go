@@ -337,6 +337,11 @@ func (p *progressBar) update(pr loadtest.Progress) {
 		strings.Repeat("#", n), strings.Repeat("-", cells-n), frac*100, p.name, pr.Phase,
 		pr.Elapsed.Seconds(), pr.Total, pr.Sent, pr.Received, pr.Connected, pr.Errors)
 	if p.tty {
+		now := time.Now()
+		if now.Sub(p.last) < 200*time.Millisecond {
+			return
+		}
+		p.last = now
 		fmt.Fprintf(p.w, "\r%s%s", line, strings.Repeat(" ", max(p.width-len(line), 0)))
 		p.width = len(line)
 		return
