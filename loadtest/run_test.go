@@ -269,3 +269,28 @@ func TestProgressIsReported(t *testing.T) {
 		t.Errorf("progress: %+v", got)
 	}
 }
+
+// TestInterruptedRunStopsPromptly: cancelling the context (Ctrl-C in the CLI) ends a long run
+// soon, closes everything and still returns what was measured.
+func TestInterruptedRunStopsPromptly(t *testing.T) {
+	b := startBroker(t, brokerOpts{})
+	for _, sc := range []Scenario{
+		{Kind: FanIn, Publishers: 3, Rate: 300, QoS: 1, Duration: dur(time.Minute)},
+		{Kind: Idle, Connections: 20, Duration: dur(time.Minute)},
+	} {
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(300*time.Millisecond, cancel)
+		start := time.Now()
+		res, err := Run(ctx, testScenario(sc), Target{Broker: b.url}, Options{})
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v", sc.Kind, err)
+		}
+		if took := time.Since(start); took > 20*time.Second {
+			t.Errorf("%s: interrupted run took %v", sc.Kind, took)
+		}
+		if res.OK() || len(res.Problems) == 0 || res.Problems[len(res.Problems)-1] != "interrupted" {
+			t.Errorf("%s: problems %v", sc.Kind, res.Problems)
+		}
+	}
+}
