@@ -49,6 +49,25 @@ func closedPort(t *testing.T) string {
 	return "tcp://" + addr
 }
 
+// TestDevicesFleetFileAndOverride: a fleet file runs as written, and a flag given on the command
+// line overrides its key.
+func TestDevicesFleetFileAndOverride(t *testing.T) {
+	a := startApp(t, queuesConfig(t, t.TempDir()))
+	fleet := filepath.Join(t.TempDir(), "fleet.yaml")
+	yaml := "broker: tcp://" + a.MQTTAddr("tcp").String() + "\ncount: 2\ninterval: 50ms\nqos: 1\nduration: 500ms\nprotocol: \"3.1.1\"\n"
+	if err := os.WriteFile(fleet, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runCLI(t, "devices", "--fleet", fleet, "--quiet")
+	if code != 0 || !strings.Contains(stderr, "sluice devices: 2 devices for") {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	code, _, stderr = runCLI(t, "devices", "--fleet", fleet, "--count", "3", "--quiet")
+	if code != 0 || !strings.Contains(stderr, "sluice devices: 3 devices for") || strings.Contains(stderr, "connected ") {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+}
+
 func TestDevicesBadInput(t *testing.T) {
 	dir := t.TempDir()
 	fleet := filepath.Join(dir, "fleet.yaml")
