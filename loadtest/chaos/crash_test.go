@@ -334,15 +334,13 @@ func TestCrashLoop(t *testing.T) {
 				len(other), firstN(other, 10), len(ex), tl.filter(other))
 		}
 	}
-	t.Run("session takeover loses nothing", func(t *testing.T) {
-		if len(raced) > 0 {
-			t.Skipf("DEFECT in mochi v2.7.9 server.go (*Server).inheritClientSession, not guarded by mqtt/: %d QoS 1 messages "+
-				"(%v) acknowledged to their publisher while the offline persistent session was being resumed never arrived. "+
-				"inheritClientSession clones the old client's inflight store, and a concurrent fan-out that still finds the old "+
-				"client adds the message to the old store after the clone; existing.ClearInflights() then drops it. Timeline:\n%s",
-				len(raced), raced, tl.filter(raced))
-		}
-	})
+	if len(raced) > 0 {
+		defect(t, "session takeover loses nothing", fmt.Sprintf("DEFECT in mochi v2.7.9 server.go (*Server).inheritClientSession, not guarded by mqtt/: %d QoS 1 messages "+
+			"(%v) acknowledged to their publisher while the offline persistent session was being resumed never arrived. "+
+			"inheritClientSession clones the old client's inflight store, and a concurrent fan-out that still finds the old "+
+			"client adds the message to the old store after the clone; existing.ClearInflights() then drops it. Timeline:\n%s",
+			len(raced), raced, tl.filter(raced)))
+	}
 	// Give the consumers a moment to see redeliveries settle, then stop.
 	quiet(&consumed, 500*time.Millisecond)
 	stopConsumers()
@@ -382,8 +380,8 @@ func TestCrashLoop(t *testing.T) {
 	figures = append(figures,
 		fmt.Sprintf("bridged QoS 1/2: checked %d, lost %d, duplicated %d", totAcked, totLost, totDups),
 		fmt.Sprintf("bridged QoS 0: %d of %d arrived", q0seen, q0sent),
-		fmt.Sprintf("session QoS 1: checked %d, lost %d, duplicated %d, exempt %d (ack-before-fan-out window at a kill; %d arrived anyway), received %d",
-			sa-len(ex), sLost, sd, len(ex), exArrived, ss),
+		fmt.Sprintf("session QoS 1: checked %d, lost %d, duplicated %d, exempt %d (ack-before-fan-out window at a kill; %d arrived anyway), lost to the takeover race %d (DEFECT, skipped), received %d",
+			sa-len(ex), sLost, sd, len(ex)-len(raced), exArrived, len(raced), ss),
 		fmt.Sprintf("log repairs %d", repairs))
 	if err := b.healthy(); err != nil {
 		t.Fatal(err)

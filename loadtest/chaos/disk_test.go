@@ -220,12 +220,10 @@ func TestFullDisk(t *testing.T) {
 		if err != nil {
 			after = "ingest fails even after a restart: " + err.Error()
 		}
-		t.Run("ingest resumes by itself", func(t *testing.T) {
-			t.Skipf("DEFECT: bridged publishes kept getting failure acks for 20s after 6 MiB were freed (%s). "+
-				"wal.Log refuses every append after one failed write (wal.ErrFailed, by design: reopen to recover) and "+
-				"queue never reopens it (queue/store.go store.failed, queue/queue.go (*queue).checkpoint: \"no checkpoint after a "+
-				"failed write; reopen to recover\"), so the queue stays failed until the process restarts; %s; %s", firstRefusal, shutdown, after)
-		})
+		defect(t, "ingest resumes by itself", fmt.Sprintf("DEFECT: bridged publishes kept getting failure acks for 20s after 6 MiB were freed (%s). "+
+			"wal.Log refuses every append after one failed write (wal.ErrFailed, by design: reopen to recover) and "+
+			"queue never reopens it (queue/store.go store.failed, queue/queue.go (*queue).checkpoint: \"no checkpoint after a "+
+			"failed write; reopen to recover\"), so the queue stays failed until the process restarts; %s; %s", firstRefusal, shutdown, after))
 	}
 	if err := b.healthy(); err != nil {
 		t.Fatal(err)

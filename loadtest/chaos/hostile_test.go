@@ -163,13 +163,11 @@ func TestHostileClients(t *testing.T) {
 			}
 			rc.Close()
 		}
-		t.Run("filter limits", func(t *testing.T) {
-			if len(limitDefects) > 0 {
-				t.Skipf("DEFECT in mqtt/hook.go (*hook).OnPacketRead: max_topic_levels and max_topic_length are enforced "+
-					"on PUBLISH topic names only, never on SUBSCRIBE filters, so a client can put filters of any depth and "+
-					"length (up to max_packet_size) into the topic tree: %s", strings.Join(limitDefects, "; "))
-			}
-		})
+		if len(limitDefects) > 0 {
+			defect(t, "filter limits", "DEFECT in mqtt/hook.go (*hook).OnPacketRead: max_topic_levels and max_topic_length are enforced "+
+				"on PUBLISH topic names only, never on SUBSCRIBE filters, so a client can put filters of any depth and "+
+				"length (up to max_packet_size) into the topic tree: "+strings.Join(limitDefects, "; "))
+		}
 		if n := watch.count(); n != 0 {
 			t.Errorf("a subscriber to bad/# received %d of the refused publishes: %q", n, watch.topics())
 		}
