@@ -46,6 +46,22 @@ type Message struct {
 	Retain  bool
 }
 
+// Session is a device's client-side session state (unacknowledged QoS 1/2 publishes) kept across
+// connections, so that with a persistent session they are sent again after a reconnect. Give the
+// same Session to each Dial of one client id; Close it when the device is done.
+type Session struct {
+	v5 *state.State
+	v3 mqtt311.Store
+}
+
+// NewSession returns an empty session.
+func NewSession() *Session {
+	return &Session{v5: state.NewInMemory(), v3: mqtt311.NewMemoryStore()}
+}
+
+// Close releases the session.
+func (s *Session) Close() error { return s.v5.Close() }
+
 // ClientOptions configures one network client. The zero value is not enough: Broker is required.
 type ClientOptions struct {
 	Broker   *url.URL // from ParseBroker
@@ -70,6 +86,10 @@ type ClientOptions struct {
 
 	Will *Message
 
+	// Session, with CleanSession false, carries unacknowledged publishes across connections
+	// (nil: each connection starts with an empty client-side session).
+	Session *Session
+
 	// OnMessage is called for every message received on a subscription, on the client's reader
 	// goroutine: it must not block (hand work to another goroutine).
 	OnMessage func(Message)
@@ -79,8 +99,10 @@ type ClientOptions struct {
 // Its methods are safe for concurrent use. A Client does not reconnect: Done is closed when the
 // connection is lost, and the owner dials a new one (see Device for backoff).
 type Client struct {
-	opts ClientOptions
-	done chan struct{}
+	opts       ClientOptions
+	done       chan struct{}
+	connCtx    context.Context // cancelled when the connection ends
+	connCancel context.CancelFunc
 
 	lostOnce sync.Once
 	lostErr  error
@@ -141,6 +163,7 @@ func Dial(ctx context.Context, opts ClientOptions) (*Client, error) {
 	}
 	o := opts.withDefaults()
 	c := &Client{opts: o, done: make(chan struct{}), closed: make(chan struct{})}
+	c.connCtx, c.connCancel = context.WithCancel(context.Background())
 	var err error
 	switch o.Protocol {
 	case MQTT5:
@@ -151,6 +174,7 @@ func Dial(ctx context.Context, opts ClientOptions) (*Client, error) {
 		err = &ConfigError{Msg: fmt.Sprintf("protocol %q is not supported; want 3.1.1 or 5", o.Protocol)}
 	}
 	if err != nil {
+		c.connCancel()
 		return nil, err
 	}
 	return c, nil
@@ -164,6 +188,7 @@ func (c *Client) lost(err error) {
 	c.lostOnce.Do(func() {
 		c.lostErr = err
 		close(c.done)
+		c.connCancel()
 	})
 }
 
@@ -188,7 +213,12 @@ func (c *Client) dial5(ctx context.Context) error {
 	if err != nil {
 		return c.connErr(err, false)
 	}
-	c.sess = &trackingSession{State: state.NewInMemory()}
+	shared := o.Session != nil && !o.CleanSession
+	if shared {
+		c.sess = &trackingSession{State: o.Session.v5, shared: true}
+	} else {
+		c.sess = &trackingSession{State: state.NewInMemory()}
+	}
 	cfg := paho.ClientConfig{
 		Conn:          conn,
 		Session:       c.sess,
@@ -232,7 +262,7 @@ func (c *Client) dial5(ctx context.Context) error {
 	ca, err := cli.Connect(dctx, cp)
 	if err != nil {
 		_ = conn.Close()
-		_ = c.sess.Close()
+		c.sess.release()
 		if ca != nil && ca.ReasonCode >= 0x80 {
 			return c.connErr(fmt.Errorf("CONNACK reason code %#x", ca.ReasonCode), true)
 		}
@@ -277,6 +307,9 @@ func (c *Client) dial311() error {
 		}
 	})
 	mo.SetConnectionLostHandler(func(_ mqtt311.Client, err error) { c.lost(err) })
+	if o.Session != nil && !o.CleanSession {
+		mo.SetStore(o.Session.v3)
+	}
 	cli := mqtt311.NewClient(mo)
 	tok := cli.Connect()
 	if !tok.WaitTimeout(o.ConnectTimeout + time.Second) {
@@ -308,7 +341,12 @@ func (c *Client) Publish(ctx context.Context, m Message) error {
 	if c.v5 != nil {
 		ctx, cancel := context.WithTimeout(ctx, c.opts.ConnectTimeout)
 		defer cancel()
+		stop := context.AfterFunc(c.connCtx, cancel) // a lost connection ends the wait
+		defer stop()
 		_, err := c.v5.Publish(ctx, &paho.Publish{Topic: m.Topic, Payload: m.Payload, QoS: m.QoS, Retain: m.Retain})
+		if err != nil && c.connCtx.Err() != nil {
+			return c.doneErr()
+		}
 		return err
 	}
 	tok := c.v3.Publish(m.Topic, m.QoS, m.Retain, m.Payload)
@@ -556,7 +594,7 @@ func (c *Client) closeConn(graceful bool) {
 			_ = c.v5.Disconnect(&paho.Disconnect{ReasonCode: 0x04}) // "disconnect with will message"
 		}
 		<-c.v5.Done()
-		_ = c.sess.Close()
+		c.sess.release()
 	}
 	if c.v3 != nil {
 		if graceful {
@@ -578,7 +616,18 @@ func (c *Client) closeConn(graceful bool) {
 // PUBLISH to PublishAsync instead of paho's (unread, for AsyncSend) one.
 type trackingSession struct {
 	*state.State
-	next chan packets.ControlPacket // set under Client.asyncMu
+	shared bool                       // a Session's state: outlives this client, not closed by it
+	next   chan packets.ControlPacket // set under Client.asyncMu
+}
+
+// release ends this client's use of the state: closes it, or for a shared state only marks the
+// connection lost (paho already did on shutdown; it is idempotent).
+func (s *trackingSession) release() {
+	if s.shared {
+		_ = s.State.ConnectionLost(nil)
+		return
+	}
+	_ = s.State.Close()
 }
 
 func (s *trackingSession) AddToSession(ctx context.Context, p session.Packet, resp chan<- packets.ControlPacket) error {

@@ -111,6 +111,9 @@ func (f *Fleet) Run(ctx context.Context) error {
 	first := f.newDevice(1)
 	c, err := first.connect(ctx)
 	if err != nil {
+		if first.sess != nil {
+			_ = first.sess.Close()
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -152,16 +155,17 @@ func (f *Fleet) Run(ctx context.Context) error {
 
 // device is one simulated device; its state is owned by its goroutine.
 type device struct {
-	f       *Fleet
-	id      string
-	opts    ClientOptions
-	gen     *Generator
-	rnd     *rand.Rand
-	seq     uint64
-	flapper bool
-	cmds    chan Message
-	buf     []byte
-	ever    bool
+	f        *Fleet
+	id       string
+	opts     ClientOptions
+	gen      *Generator
+	rnd      *rand.Rand
+	seq      uint64
+	flapper  bool
+	cmds     chan Message
+	sizeHint int
+	ever     bool
+	sess     *Session // persistent sessions: unacknowledged publishes survive reconnects
 }
 
 func (f *Fleet) newDevice(n int) *device {
@@ -194,6 +198,10 @@ func (f *Fleet) newDevice(n int) *device {
 			default: // the device is busy: a real device would drop it too
 			}
 		}
+	}
+	if f.cfg.PersistentSession {
+		d.sess = NewSession()
+		o.Session = d.sess
 	}
 	d.opts = o
 	return d
@@ -263,6 +271,9 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 // or nil.
 func (d *device) run(ctx context.Context, c *Client) {
 	f := d.f
+	if d.sess != nil {
+		defer d.sess.Close()
+	}
 	attempt := 0
 	for {
 		if c == nil {
@@ -356,9 +367,12 @@ func (d *device) session(ctx context.Context, c *Client) (flapped bool) {
 			}
 			tick.Reset(next)
 			d.seq++
-			d.buf = d.gen.Append(d.buf[:0], d.seq, now)
+			// A fresh buffer each time: the clients keep the payload of an unacknowledged publish
+			// (to send it again after a reconnect) after Publish returned.
+			payload := d.gen.Append(make([]byte, 0, d.sizeHint), d.seq, now)
+			d.sizeHint = len(payload)
 			f.published.Add(1)
-			err := c.Publish(ctx, Message{Topic: topic, Payload: d.buf, QoS: byte(cfg.QoS), Retain: cfg.Retain})
+			err := c.Publish(ctx, Message{Topic: topic, Payload: payload, QoS: byte(cfg.QoS), Retain: cfg.Retain})
 			switch {
 			case err == nil && cfg.QoS > 0:
 				f.acked.Add(1)
