@@ -1,15 +1,8 @@
 package loadtest
 
-import (
-	"errors"
+import "github.com/sluicemq/sluice/devices"
 
-	"github.com/sluicemq/sluice/devices"
-)
-
-var (
-	// ErrLost is matched by the error RunAll's callers report when messages were lost.
-	ErrLost = errors.New("loadtest: messages were lost")
-	// ErrConfig is matched by every scenario error; it is devices.ErrConfig, whose *ConfigError
-	// carries file and line.
-	ErrConfig = devices.ErrConfig
-)
+// ErrConfig is matched (errors.Is) by every scenario error; it is devices.ErrConfig, whose
+// *devices.ConfigError carries the file and line. Lost messages are not an error of Run: see
+// Result.Lost, Result.OK and Report.Lost.
+var ErrConfig = devices.ErrConfig
