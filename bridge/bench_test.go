@@ -175,8 +175,8 @@ var benchSync = cmp.Or(os.Getenv("SLUICE_BENCH_SYNC"), "always")
 // the bridge on (the topic matches a rule) and off (same broker, a topic without rule). One
 // iteration is a round in which every connection publishes a fixed number of messages;
 // msgs/s is the figure to read. publishers=1/inflight=100 is a single busy gateway connection.
-// bridge=on and bridge=off run on our mqtt.Server; pipeline=on runs on a plain mochi server
-// (mqtt.Server does not expose InjectPacket yet), so compare it with bridge=on for the gain.
+// All variants run on our mqtt.Server; pipeline=on re-injects through mqtt.Server.InjectPacket
+// as sluice serve does: compare it with bridge=on for the gain.
 // SLUICE_BENCH_SYNC=none shows the cost without fsync.
 func BenchmarkBridgeIngest(b *testing.B) {
 	type variant struct {

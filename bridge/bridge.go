@@ -335,7 +335,22 @@ type hook struct {
 func (h *hook) ID() string { return "sluice-bridge" }
 
 func (h *hook) Provides(x byte) bool {
-	return x == mochi.OnPublish || (x == mochi.OnDisconnect && h.b.opts.Pipeline != nil)
+	return x == mochi.OnPublish || ((x == mochi.OnDisconnect || x == mochi.OnACLCheck) && h.b.opts.Pipeline != nil)
+}
+
+// OnACLCheck keeps the ack order when the broker's ACL denies a publish of a client with pipelined
+// publishes pending. mochi asks a hook only after every earlier one denied (any hook allowing
+// allows), and answers the denial (MQTT 5 PUBACK 0x87, MQTT 3 disconnect) on the reader goroutine
+// at once: that answer must wait until the pending publishes were acked [MQTT-4.6.0-2]. It never
+// allows anything itself.
+func (h *hook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
+	if !write {
+		return false
+	}
+	if p := h.b.existingPipe(cl); p != nil && p.pending.Load() > 0 && !p.injecting(topic) {
+		p.drain()
+	}
+	return false
 }
 
 // OnDisconnect ends the client's pipe (its queued publishes are still stored).

@@ -3,7 +3,6 @@ package bridge_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -13,9 +12,6 @@ import (
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	paho3 "github.com/eclipse/paho.mqtt.golang"
-	mochi "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	"golang.org/x/crypto/bcrypt"
@@ -31,6 +27,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type rig struct {
 	m    *queue.Manager
 	b    *bridge.Bridge
+	srv  *mqtt.Server
 	addr string
 	reg  *prometheus.Registry
 }
@@ -40,43 +37,16 @@ type rigOptions struct {
 	queues map[string]queue.Config
 	wrap   func(bridge.Enqueuer) bridge.Enqueuer // fault injection around the real manager
 	bopts  bridge.Options
-	// pipeline runs the bridge with pipelined acks on a plain mochi server (mqtt.Server does not
-	// expose InjectPacket); otherwise the bridge blocks in OnPublish on our mqtt.Server.
+	// pipeline runs the bridge with pipelined acks (re-injecting through mqtt.Server.InjectPacket,
+	// as sluice serve does); otherwise the bridge blocks in OnPublish.
 	pipeline bool
+	acl      []mqtt.ACLRule // none: everything allowed
 }
 
 // forModes runs a test with the blocking bridge and with the pipelined one.
 func forModes(t *testing.T, test func(t *testing.T, pipeline bool)) {
 	t.Run("pipeline=off", func(t *testing.T) { test(t, false) })
 	t.Run("pipeline=on", func(t *testing.T) { test(t, true) })
-}
-
-// startMochi runs a plain mochi server with the bridge pipelining through it.
-func startMochi(t testing.TB, o rigOptions, enq bridge.Enqueuer, reg *prometheus.Registry) (*bridge.Bridge, string, func(context.Context) error) {
-	t.Helper()
-	caps := mochi.NewDefaultServerCapabilities()
-	caps.ReceiveMaximum = 256
-	ms := mochi.New(&mochi.Options{Capabilities: caps, Logger: slog.New(slog.DiscardHandler)})
-	bo := o.bopts
-	bo.Rules, bo.Registerer, bo.Pipeline = o.rules, reg, ms
-	b, err := bridge.New(enq, bo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ms.AddHook(new(auth.AllowHook), nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := ms.AddHook(b.Hook(), nil); err != nil {
-		t.Fatal(err)
-	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "tcp", Address: "127.0.0.1:0"})
-	if err := ms.AddListener(tcp); err != nil {
-		t.Fatal(err)
-	}
-	if err := ms.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	return b, tcp.Address(), func(context.Context) error { return ms.Close() }
 }
 
 func newRig(t testing.TB, o rigOptions) *rig {
@@ -98,37 +68,34 @@ func newRig(t testing.TB, o rigOptions) *rig {
 		enq = o.wrap(m)
 	}
 	reg := prometheus.NewRegistry()
-	var b *bridge.Bridge
-	var addr string
-	var shutdown func(context.Context) error
-	if o.pipeline {
-		b, addr, shutdown = startMochi(t, o, enq, reg)
-	} else {
-		bo := o.bopts
-		bo.Rules, bo.Registerer = o.rules, reg
-		var err error
-		if b, err = bridge.New(enq, bo); err != nil {
-			t.Fatal(err)
-		}
-		hash, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv, err := mqtt.New(mqtt.Options{
-			Listeners: []mqtt.Listener{{Name: "tcp", Type: "tcp", Address: "127.0.0.1:0", AllowAnonymous: true}},
-			Users:     []mqtt.User{{Username: "alice", PasswordHash: string(hash)}},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := srv.AddHook(b.Hook(), nil); err != nil {
-			t.Fatal(err)
-		}
-		if err := srv.Start(); err != nil {
-			t.Fatal(err)
-		}
-		addr, shutdown = srv.Addr("tcp").String(), srv.Shutdown
+	hash, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
 	}
+	srv, err := mqtt.New(mqtt.Options{
+		Listeners: []mqtt.Listener{{Name: "tcp", Type: "tcp", Address: "127.0.0.1:0", AllowAnonymous: true}},
+		Users:     []mqtt.User{{Username: "alice", PasswordHash: string(hash)}},
+		ACL:       o.acl,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bo := o.bopts
+	bo.Rules, bo.Registerer = o.rules, reg
+	if o.pipeline {
+		bo.Pipeline = srv
+	}
+	b, err := bridge.New(enq, bo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.AddHook(b.Hook(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	addr, shutdown := srv.Addr("tcp").String(), srv.Shutdown
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -142,7 +109,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 			t.Errorf("close queues: %v", err)
 		}
 	})
-	return &rig{m: m, b: b, addr: addr, reg: reg}
+	return &rig{m: m, b: b, srv: srv, addr: addr, reg: reg}
 }
 
 // v5 connects an anonymous MQTT 5 client (paho.golang). Received publishes go to onMsg (may be nil).

@@ -31,14 +31,17 @@
 // Writes for several queues of one message run concurrently.
 //
 // Blocking in OnPublish caps one connection at one group commit per message (a gateway with 100
-// messages in flight gets ~1/fsync-latency messages/s). With Options.Pipeline set to the broker's
-// *mochi.Server (its InjectPacket), QoS 1 publishes are pipelined instead: the hook hands the record
+// messages in flight gets ~1/fsync-latency messages/s). With Options.Pipeline set to the broker
+// (*mqtt.Server, as sluice serve does, or a *mochi.Server: their InjectPacket), QoS 1 publishes are
+// pipelined instead: the hook hands the record
 // to the client's writer, which writes everything that arrived during the previous commit as one
 // ordered batch, and re-injects each publish into mochi once it is durable, so mochi acks and
 // delivers it as usual. PUBACKs keep the order of the PUBLISHes, records keep the client's order,
 // subscribers see each topic in order, and a client with PipelineDepth publishes waiting is slowed
-// down. QoS 2 is never pipelined. mochi's own $SYS received-message counters count a pipelined
-// publish twice (read and re-injected).
+// down. QoS 2 is never pipelined. The broker's ACL is checked when the publish is read (a denied
+// one is never stored; its 0x87 waits for the acks of the publishes before it) and again when it is
+// re-injected. mochi's own $SYS received-message counters count a pipelined publish twice (read
+// and re-injected); mqtt.Server's metrics count it once.
 //
 // # Example
 //

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -45,6 +46,11 @@ type pipe struct {
 	cl      *mochi.Client
 	items   chan *pending // in arrival order, for the acks
 	pending atomic.Int64  // items queued and not yet handled
+
+	// injectTopic is the topic of the publish the pipe goroutine is re-injecting (nil: none). A
+	// re-injected publish denied by an ACL changed since it was read is told apart from one the
+	// reader is checking by the identity of its topic string (see injecting).
+	injectTopic atomic.Pointer[string]
 
 	mu      sync.Mutex
 	toWrite []*pending // bridged publishes not yet handed to the queues, in arrival order
@@ -86,6 +92,16 @@ func (b *Bridge) existingPipe(cl *mochi.Client) *pipe {
 func (p *pipe) push(it *pending) {
 	p.pending.Add(1)
 	p.items <- it
+}
+
+// injecting reports whether topic is the very string (same bytes in memory, not merely equal) of
+// the publish the pipe goroutine is re-injecting, that is, whether the caller is the pipe goroutine
+// inside InjectPacket. The reader's packets are decoded into strings of their own, so a reader
+// checking an equal topic at the same moment is not mistaken for it (and the pipe goroutine must
+// not wait for its own pipe to drain).
+func (p *pipe) injecting(topic string) bool {
+	t := p.injectTopic.Load()
+	return t != nil && len(topic) > 0 && len(*t) == len(topic) && unsafe.StringData(*t) == unsafe.StringData(topic)
 }
 
 // drain waits until every publish queued on p so far has been handled.
@@ -232,7 +248,9 @@ func (b *Bridge) runPipe(p *pipe) {
 				pk.Mods.MaxSize = injectMark
 				// The topic alias was resolved when the packet was read; do not set it again.
 				pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
+				p.injectTopic.Store(&pk.TopicName)
 				_ = b.opts.Pipeline.InjectPacket(p.cl, pk) // fails only when the client is gone: it resends
+				p.injectTopic.Store(nil)
 			}
 		}
 		p.pending.Add(-1)

@@ -11,6 +11,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/sluicemq/sluice/bridge"
+	"github.com/sluicemq/sluice/mqtt"
 )
 
 // publishPacket encodes an MQTT 5 QoS 1 PUBLISH.
@@ -151,5 +152,116 @@ func TestPipelineQoS2WaitsForQoS1(t *testing.T) {
 	ds := drain(t, r.m, "telemetry")
 	if len(ds) != n+1 || string(ds[n].Payload) != "qos2" {
 		t.Fatalf("queue holds %d, last %q; want %d with the QoS 2 record last", len(ds), ds[len(ds)-1].Payload, n+1)
+	}
+}
+
+// TestPipelineACLDenial: one connection with many publishes in flight, every third to a topic the
+// ACL denies. Denied publishes get PUBACK 0x87 (MQTT 5) in their place among the others' PUBACKs
+// [MQTT-4.6.0-2] and are not stored; the allowed ones are stored in order.
+func TestPipelineACLDenial(t *testing.T) { forModes(t, testPipelineACLDenial) }
+
+func testPipelineACLDenial(t *testing.T, pipeline bool) {
+	r := newRig(t, rigOptions{pipeline: pipeline,
+		rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}},
+		acl:   []mqtt.ACLRule{{Publish: []string{"devices/%c/#"}}},
+	})
+	rc := dialRaw(t, r.addr, "gw3", "unused", nil)
+	defer rc.close()
+	const n = 90
+	denied := func(i int) bool { return i%3 == 2 }
+	for i := range n {
+		topic := "devices/gw3/telemetry"
+		if denied(i) {
+			topic = "devices/other/telemetry"
+		}
+		if _, err := rc.bw.Write(publishPacket(topic, uint16(i+1), []byte(strconv.Itoa(i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rc.bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	_ = rc.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for i := range n {
+		typ, body, err := rc.readPacket()
+		if err != nil {
+			t.Fatalf("PUBACK %d: %v", i+1, err)
+		}
+		if typ != 4 || len(body) < 2 {
+			t.Fatalf("packet %d: type %d, want PUBACK", i, typ)
+		}
+		if id := binary.BigEndian.Uint16(body); id != uint16(i+1) {
+			t.Fatalf("PUBACK %d is for packet %d: out of order", i+1, id)
+		}
+		var code byte
+		if len(body) > 2 {
+			code = body[2]
+		}
+		if want := map[bool]byte{true: 0x87, false: 0}[denied(i)]; code != want {
+			t.Fatalf("PUBACK %d: reason %#x, want %#x", i+1, code, want)
+		}
+	}
+	ds := drain(t, r.m, "telemetry")
+	var want []string
+	for i := range n {
+		if !denied(i) {
+			want = append(want, strconv.Itoa(i))
+		}
+	}
+	if len(ds) != len(want) {
+		t.Fatalf("queue holds %d, want the %d allowed", len(ds), len(want))
+	}
+	for i, d := range ds {
+		if string(d.Payload) != want[i] {
+			t.Fatalf("queue message %d is %q, want %s", i, d.Payload, want[i])
+		}
+	}
+}
+
+// TestPipelineACLReloadBeforeReinjection: the ACL changes while pipelined publishes wait for their
+// queue. mochi checks the ACL again when the pipe re-injects them; the denial is answered (0x87, in
+// order) without the pipe waiting for itself, and the records stay stored (at-least-once), as they
+// would had the blocking bridge stored them just before the Reload.
+func TestPipelineACLReloadBeforeReinjection(t *testing.T) {
+	blk := &blockingEnqueuer{queue: "telemetry", entered: make(chan struct{}, 1), release: make(chan struct{})}
+	r := newRig(t, rigOptions{pipeline: true,
+		rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}},
+		acl:   []mqtt.ACLRule{{Publish: []string{"devices/%c/#"}}},
+		wrap:  func(e bridge.Enqueuer) bridge.Enqueuer { blk.Enqueuer = e; return blk },
+		bopts: bridge.Options{EnqueueTimeout: time.Minute},
+	})
+	rc := dialRaw(t, r.addr, "gw4", "unused", nil)
+	defer rc.close()
+	const n = 5
+	for i := range n {
+		if _, err := rc.bw.Write(publishPacket("devices/gw4/telemetry", uint16(i+1), []byte(strconv.Itoa(i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc.writePacket(0xc0, nil) // PINGREQ: its PINGRESP means the reader has checked every publish
+	if err := rc.bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	_ = rc.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if typ, _, err := rc.readPacket(); err != nil || typ != 13 {
+		t.Fatalf("packet type %d (%v), want PINGRESP before any PUBACK", typ, err)
+	}
+	<-blk.entered // the first write waits for its queue; the others are behind it
+	if err := r.srv.Reload(nil, []mqtt.ACLRule{{Publish: []string{"elsewhere/#"}}}); err != nil {
+		t.Fatal(err)
+	}
+	close(blk.release)
+	_ = rc.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for i := range n {
+		typ, body, err := rc.readPacket()
+		if err != nil {
+			t.Fatalf("PUBACK %d: %v", i+1, err)
+		}
+		if typ != 4 || len(body) < 3 || binary.BigEndian.Uint16(body) != uint16(i+1) || body[2] != 0x87 {
+			t.Fatalf("packet %d: type %d body %v, want PUBACK %d with 0x87", i, typ, body, i+1)
+		}
+	}
+	if got := ready(t, r.m, "telemetry"); got != n {
+		t.Fatalf("queue holds %d, want %d", got, n)
 	}
 }

@@ -62,11 +62,9 @@ func startQueues(ctx context.Context, cfg *configs.Config, srv *mqtt.Server, mux
 		return nil, nil, fmt.Errorf("open queues: %w", err)
 	}
 	bopts := bridge.Options{Rules: rules, Logger: log, Registerer: reg}
-	// Pipelined acks need the broker to re-inject stored publishes (mochi's InjectPacket); they turn on
-	// when mqtt.Server offers it.
-	if inj, ok := any(srv).(bridge.Injector); ok {
-		bopts.Pipeline = inj
-	}
+	// Pipelined acks: the bridge re-injects each stored QoS 1 publish through srv.InjectPacket, so one
+	// busy connection shares group commits instead of waiting for one per message.
+	bopts.Pipeline = srv
 	b, err := bridge.New(m, bopts)
 	if err != nil {
 		return nil, nil, errors.Join(err, m.Close())
