@@ -21,8 +21,8 @@
 // broker crash between the fsync and the PUBACK) produces a duplicate record with a new id;
 // consumers that must not act twice should deduplicate on message content (for example a
 // device sequence number). QoS 2 is exactly-once into the queue within a session: mochi runs
-// OnPublish once per packet id and answers a resent PUBLISH whose PUBREC is in flight without
-// calling the hook again.
+// OnPublish once per packet id, and mqtt.Server answers a PUBLISH resent before PUBREL with
+// PUBREC success without calling the hook again.
 //
 // # Concurrency and pipelining
 //

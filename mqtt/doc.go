@@ -34,6 +34,10 @@
 //     their topic has a full in-flight window, so nothing is dropped — BenchmarkFanIn shows it.
 //   - mochi's outbound send quota is switched off (hook.OnSessionEstablished): in v2.7.9 it can
 //     deadlock a subscriber (a recursive read lock in Inflight.NextImmediate) and leaks quota.
+//   - QoS 2 resends: a PUBLISH resent before PUBREL (its PUBREC was lost) gets PUBREC success
+//     again and is not delivered again [MQTT-4.3.3-10] (hook.resentQoS2; mochi answers 0x91).
+//   - InjectPacket, for the bridge's pipelined acks: a re-injected PUBLISH is checked by the ACL
+//     again but passes topic limits, the publish rate and the received-message count only once.
 //   - Persistence (StorageDir): mochi's bolt hook (bbolt), limited to persistent sessions and with
 //     mochi's lost in-flight packet ids restored; sessions, subscriptions, retained and in-flight
 //     messages survive restart and kill -9 (writes reach the page cache before the hook returns;

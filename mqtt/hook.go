@@ -136,6 +136,9 @@ func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet
 	if pk.FixedHeader.Type != packets.Publish {
 		return pk, nil
 	}
+	if pk.FixedHeader.Qos == 2 && h.resentQoS2(cl, &pk) {
+		return pk, nil
+	}
 	c := connOf(cl)
 	lim := &h.s.opts.Limits
 	if len(pk.TopicName) > lim.MaxTopicLength || strings.Count(pk.TopicName, "/")+1 > lim.MaxTopicLevels {
@@ -167,6 +170,32 @@ func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet
 	}
 	h.s.metrics.in(pk.FixedHeader.Qos, len(pk.Payload))
 	return pk, nil
+}
+
+// dupTopic is where a resent QoS 2 PUBLISH is sent after resentQoS2 answered it: mochi drops a
+// client's PUBLISH to a $SYS topic without an ack, a hook call or delivery.
+const dupTopic = "$SYS/sluice/duplicate"
+
+// resentQoS2 answers a QoS 2 PUBLISH whose packet identifier is still waiting for its PUBREL (the
+// client resent it because our PUBREC was lost): PUBREC success again, and no second delivery
+// [MQTT-4.3.3-10]. mochi v2.7.9 answers such a resend with PUBREC 0x91 (packet identifier in use),
+// which paho and other MQTT 5 clients take as a failure of a message the broker has. The packet is
+// then made harmless for mochi (see dupTopic) rather than rejected, which would close the
+// connection. It is not counted as a received message. The original's PUBREC state is unchanged:
+// PUBREL completes it as usual.
+func (h *hook) resentQoS2(cl *mochi.Client, pk *packets.Packet) bool {
+	if pk.PacketID == 0 {
+		return false
+	}
+	in, ok := cl.State.Inflight.Get(pk.PacketID)
+	if !ok || in.FixedHeader.Type != packets.Pubrec {
+		return false
+	}
+	_ = cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: pk.PacketID})
+	pk.TopicName = dupTopic
+	pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
+	pk.FixedHeader.Retain = false
+	return true
 }
 
 // disconnect sends MQTT 5 clients a DISCONNECT with code and returns the code as the error that
