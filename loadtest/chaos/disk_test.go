@@ -113,13 +113,14 @@ func TestFullDisk(t *testing.T) {
 			refusedN++
 			consecutive++
 			if firstRefusal == "" {
-				firstRefusal = fmt.Sprintf("seq %d: %v", seq, err)
+				firstRefusal = fmt.Sprintf("first at seq %d", seq)
+				t.Logf("first failure ack, seq %d: %v", seq, err)
 			}
 		default:
 			t.Fatalf("publish %d: %v (not a failure ack: the broker %s)", seq, err, brokerState(b))
 		}
 	}
-	figures = append(figures, fmt.Sprintf("%d acked (%d MiB) before the disk was full; %d failure acks (first: %s)",
+	figures = append(figures, fmt.Sprintf("%d acked (%d MiB) before the disk was full; %d failure acks (%s)",
 		len(acked), len(acked)*size>>20, refusedN, firstRefusal))
 	if refusedN == 0 {
 		t.Fatalf("the disk never filled: %d messages acked, no failure ack", len(acked))

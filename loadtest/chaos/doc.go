@@ -24,4 +24,11 @@
 //	SLUICE_CHAOS=full go test -race -count=1 -timeout 60m -v -run . ./loadtest/chaos
 //
 // The full-disk scenario mounts a tmpfs and so must run as root; as another user it fails and says so.
+// SLUICE_CHAOS_BIN=/path/to/sluice runs the suite against a binary built elsewhere instead of building
+// ./cmd/sluice. The broker is built without -race (the suite measures its memory and latency); the
+// test process itself runs under -race.
+//
+// An assertion that fails because of a known defect in another package is not hidden: it becomes a
+// skipped subtest whose message names the file, the function and what happens, and the summary row
+// says "pass (N DEFECT skipped)". Any other failure fails the test.
 package chaos
