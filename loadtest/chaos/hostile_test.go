@@ -26,14 +26,15 @@ func TestHostileClients(t *testing.T) {
 		manySubs  = pick(2000, 20000) // subscriptions on one client
 		fuzzFor   = pick(5*time.Second, 60*time.Second)
 		reconnFor = pick(3*time.Second, 30*time.Second)
+		fleetN    = pick(50, 500) // well-behaved devices publishing telemetry throughout
 		seed      = uint64(time.Now().UnixNano())
 	)
-	if need := uint64(storm + 500); fileLimit() < need {
+	if need := uint64(storm + fleetN + 500); fileLimit() < need {
 		t.Fatalf("the storm needs %d open files in this process; the limit is %d (raise it: ulimit -n %d)", need, fileLimit(), need)
 	}
 	t.Logf("fuzzer seed %d", seed)
 	dir := t.TempDir()
-	maxConns := storm + 20
+	maxConns := storm + fleetN + 20
 	cfg := writeConfig(t, dir, config{
 		dataDir: dir + "/data",
 		limits: fmt.Sprintf("    connect_timeout: 1s\n    keep_alive_min: 1\n    max_packet_size: 65536\n"+
@@ -41,6 +42,22 @@ func TestHostileClients(t *testing.T) {
 	})
 	b := startBroker(t, cfg)
 	pr := startProbe(t, b.mqttAddr, 20*time.Millisecond)
+	// The fleet: the project's device simulator, QoS 1 telemetry every second per device.
+	fleet, err := devices.NewFleet(devices.Config{Broker: "tcp://" + b.mqttAddr, Count: fleetN, ConnectRate: 200, QoS: 1,
+		IDPattern: "fleet-{n}", Topic: "fleet/{id}/telemetry", Interval: devices.Duration(time.Second),
+		Jitter: devices.Duration(200 * time.Millisecond)}, devices.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleetCtx, stopFleet := context.WithCancel(context.Background())
+	fleetDone := make(chan error, 1)
+	go func() { fleetDone <- fleet.Run(fleetCtx) }()
+	t.Cleanup(func() {
+		stopFleet()
+		<-fleetDone
+	})
+	waitFor(t, 60*time.Second, "the fleet to connect", func() bool { return fleet.Stats().Connected == int64(fleetN) })
+	base := 1 + fleetN // connections of the probe and the fleet
 	var checks []string
 	var figures []string
 	defer func() { report(t, strings.Join(checks, ", "), strings.Join(figures, "; ")) }()
@@ -50,10 +67,10 @@ func TestHostileClients(t *testing.T) {
 			t.Fatalf("after %s: %v", phase, err)
 		}
 	}
-	// settle waits until only the probe (and stragglers being closed) hold connections.
+	// settle waits until only the probe and the fleet hold connections.
 	settle := func(phase string) {
 		t.Helper()
-		if !poll(20*time.Second, func() bool { return b.metric(t, "sluice_mqtt_connections") <= 2 }) {
+		if !poll(20*time.Second, func() bool { return b.metric(t, "sluice_mqtt_connections") <= float64(base) }) {
 			t.Errorf("after %s: %v connections still open after 20s", phase, b.metric(t, "sluice_mqtt_connections"))
 		}
 	}
@@ -304,7 +321,6 @@ func TestHostileClients(t *testing.T) {
 	// 8. A storm of connections held open at once, then max_connections holds.
 	{
 		settle("before the storm")
-		base := int(b.metric(t, "sluice_mqtt_connections"))
 		start := time.Now()
 		conns, failed := stormConnect(b.mqttAddr, storm, 200)
 		took := time.Since(start)
@@ -316,8 +332,8 @@ func TestHostileClients(t *testing.T) {
 		if got := b.metric(t, "sluice_mqtt_clients_connected"); got < float64(held) {
 			t.Errorf("storm: clients_connected = %v, want ≥ %d", got, held)
 		}
-		// The limit: maxConns = storm + 20; base (the probe) + storm are open, so of 40 more at
-		// least 40 - (20 - base) are refused.
+		// The limit: maxConns = storm + fleet + 20; base (probe, fleet) + storm are open, so of 40
+		// more at least 20 are refused.
 		rejectedBefore := b.metric(t, "sluice_mqtt_connections_rejected_total")
 		extra, extraFailed := stormConnect(b.mqttAddr, 40, 40)
 		wantRefused := 40 - (maxConns - storm - base)
@@ -338,6 +354,17 @@ func TestHostileClients(t *testing.T) {
 	}
 
 	pr.halt()
+	fs := fleet.Stats()
+	stopFleet()
+	if err := <-fleetDone; err != nil {
+		t.Errorf("fleet: %v", err)
+	}
+	fleetDone <- nil // for the cleanup
+	if fs.Errors != 0 || fs.Reconnects != 0 || fs.Acked+uint64(fleetN) < fs.Published {
+		t.Errorf("fleet: %+v; want no errors, no reconnects, every publish acked", fs)
+	}
+	figures = append(figures, fmt.Sprintf("fleet of %d devices: %d published, %d acked, %d errors", fleetN, fs.Published, fs.Acked, fs.Errors))
+	checks = append(checks, fmt.Sprintf("fleet of %d unaffected", fleetN))
 	ps := pr.stats()
 	figures = append([]string{ps.String()}, figures...)
 	if len(ps.fails) > 0 {
