@@ -94,7 +94,7 @@ func New(opts Options) (*Server, error) {
 	caps.Compatibilities.NoInheritedPropertiesOnAck = !o.EchoUserProperties
 
 	// mochi logs per packet at debug level (whole packets as attributes): keep it at info or above.
-	mlog := log.With().Str("component", "mochi").Logger().
+	mlog := o.Logger.With().Str("component", "mochi").Logger().
 		Level(max(zerolog.InfoLevel, log.GetLevel())).
 		Sample(&zerolog.BurstSampler{Burst: 20, Period: time.Second})
 	s.mochi = mochi.New(&mochi.Options{

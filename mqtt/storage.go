@@ -1,7 +1,10 @@
 package mqtt
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -50,6 +53,48 @@ func (h *storageHook) config() *bolt.Options {
 			FreelistType:   bbolt.FreelistMapType,
 		},
 	}
+}
+
+// StoredSysInfo is bolt's, except that a store without $SYS info (a fresh one) is not an error:
+// mochi would log it at error level on every first start.
+func (h *storageHook) StoredSysInfo() (storage.SystemInfo, error) {
+	v, err := h.Hook.StoredSysInfo()
+	if errors.Is(err, bolt.ErrKeyNotFound) {
+		return storage.SystemInfo{}, nil
+	}
+	return v, err
+}
+
+// SetOpts gives bolt a logger on which its "failed to get data" for a missing key (bolt logs it
+// before StoredSysInfo can tell it is expected) is a debug line, not an error.
+func (h *storageHook) SetOpts(l *slog.Logger, o *mochi.HookOptions) {
+	h.Hook.SetOpts(slog.New(notFoundQuiet{l.Handler()}), o)
+}
+
+// notFoundQuiet lowers records carrying a bolt.ErrKeyNotFound error to debug level.
+type notFoundQuiet struct{ slog.Handler }
+
+func (q notFoundQuiet) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level > slog.LevelDebug {
+		r.Attrs(func(a slog.Attr) bool {
+			if err, ok := a.Value.Any().(error); ok && errors.Is(err, bolt.ErrKeyNotFound) {
+				r.Level = slog.LevelDebug
+				return false
+			}
+			return true
+		})
+		if r.Level == slog.LevelDebug && !q.Handler.Enabled(ctx, r.Level) {
+			return nil
+		}
+	}
+	return q.Handler.Handle(ctx, r)
+}
+
+func (q notFoundQuiet) WithAttrs(as []slog.Attr) slog.Handler {
+	return notFoundQuiet{q.Handler.WithAttrs(as)}
+}
+func (q notFoundQuiet) WithGroup(name string) slog.Handler {
+	return notFoundQuiet{q.Handler.WithGroup(name)}
 }
 
 func persistent(cl *mochi.Client) bool {

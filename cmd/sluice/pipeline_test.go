@@ -4,15 +4,20 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
+	"github.com/sluicemq/sluice/mqtt"
 	"github.com/sluicemq/sluice/queue/client"
 )
 
@@ -177,4 +182,38 @@ func readMQTT(r *bufio.Reader) (typ byte, body []byte, err error) {
 	body = make([]byte, n)
 	_, err = io.ReadFull(r, body)
 	return h >> 4, body, err
+}
+
+// TestQueuesStartedLine: startQueues says in one line, under component=queues, that acks are
+// pipelined (mqtt.Server re-injects).
+func TestQueuesStartedLine(t *testing.T) {
+	cfg, err := loadConfig(queuesConfig(t, t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := mqtt.New(mqtt.Options{Listeners: []mqtt.Listener{{Name: "tcp", Type: "tcp", Address: "127.0.0.1:0"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf syncBuffer // the queues log from their goroutines too
+	_, stop, err := startQueues(context.Background(), cfg, srv, nil, nil, zerolog.New(&buf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("not JSON: %s", line)
+		}
+		if m["message"] == "queues started" {
+			if m["component"] != "queues" || m["pipelined_acks"] != true {
+				t.Fatalf("queues started line: %s", line)
+			}
+			return
+		}
+	}
+	t.Fatalf("no queues started line in %s", buf.String())
 }

@@ -80,7 +80,7 @@ func startQueues(ctx context.Context, cfg *configs.Config, srv *mqtt.Server, mux
 		}
 		api.Register(mux)
 	}
-	log.Info().Int("rules", len(rules)).Strs("queues", m.Queues()).Int("api_keys", len(keys)).
+	log.Info().Str("component", "queues").Int("rules", len(rules)).Strs("queues", m.Queues()).Int("api_keys", len(keys)).
 		Bool("pipelined_acks", bopts.Pipeline != nil).Msg("queues started")
 	return m, func(ctx context.Context) error {
 		if api != nil {
