@@ -41,6 +41,7 @@ type rigOptions struct {
 	// as sluice serve does); otherwise the bridge blocks in OnPublish.
 	pipeline bool
 	acl      []mqtt.ACLRule // none: everything allowed
+	mqtt     mqtt.Options   // Limits and Slow of the broker (its metrics go to the rig's registry)
 }
 
 // forModes runs a test with the blocking bridge and with the pipelined one.
@@ -73,9 +74,12 @@ func newRig(t testing.TB, o rigOptions) *rig {
 		t.Fatal(err)
 	}
 	srv, err := mqtt.New(mqtt.Options{
-		Listeners: []mqtt.Listener{{Name: "tcp", Type: "tcp", Address: "127.0.0.1:0", AllowAnonymous: true}},
-		Users:     []mqtt.User{{Username: "alice", PasswordHash: string(hash)}},
-		ACL:       o.acl,
+		Listeners:  []mqtt.Listener{{Name: "tcp", Type: "tcp", Address: "127.0.0.1:0", AllowAnonymous: true}},
+		Users:      []mqtt.User{{Username: "alice", PasswordHash: string(hash)}},
+		ACL:        o.acl,
+		Limits:     o.mqtt.Limits,
+		Slow:       o.mqtt.Slow,
+		Registerer: reg,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -29,7 +29,10 @@ func publishPacket(topic string, id uint16, payload []byte) []byte {
 // unbridged topic. PUBACKs come back in the order of the PUBLISHes [MQTT-4.6.0-2], each topic reaches
 // subscribers in order, and the queue holds the bridged ones in order.
 func TestPipelineKeepsOrder(t *testing.T) {
-	r := newRig(t, rigOptions{pipeline: true, rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}}})
+	r := newRig(t, rigOptions{pipeline: true, rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}},
+		// Room for all 600 in the subscriber's outbound queue: the default (256) drops QoS 0 to a
+		// subscriber that falls behind on a loaded machine.
+		mqtt: mqtt.Options{Limits: mqtt.Limits{MaxPendingWrites: 1024}}})
 	var mu sync.Mutex
 	got := map[string][]int{}
 	all := make(chan struct{}, 1000)
@@ -260,6 +263,67 @@ func TestPipelineACLReloadBeforeReinjection(t *testing.T) {
 		if typ != 4 || len(body) < 3 || binary.BigEndian.Uint16(body) != uint16(i+1) || body[2] != 0x87 {
 			t.Fatalf("packet %d: type %d body %v, want PUBACK %d with 0x87", i, typ, body, i+1)
 		}
+	}
+	if got := ready(t, r.m, "telemetry"); got != n {
+		t.Fatalf("queue holds %d, want %d", got, n)
+	}
+}
+
+// TestPipelineBackpressure: under the backpressure policy a subscriber that acks nothing holds a
+// pipelined gateway (mqtt.Server's OnPublish runs again when the pipe re-injects) without a
+// deadlock and without dropping; once the subscriber is gone every publish is acked in order and
+// stored.
+func TestPipelineBackpressure(t *testing.T) {
+	r := newRig(t, rigOptions{pipeline: true,
+		rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}},
+		mqtt: mqtt.Options{Limits: mqtt.Limits{MaxInflight: 8},
+			Slow: mqtt.SlowSubscribers{Policy: mqtt.PolicyBackpressure, DisconnectAfter: time.Minute}},
+	})
+	lazy := dialRaw(t, r.addr, "lazy", "unused", nil) // subscribes, never reads, never acks
+	lazy.writePacket(0x82, []byte{0, 1, 0, 0, 9, 'd', 'e', 'v', 'i', 'c', 'e', 's', '/', '#', 1})
+	if err := lazy.bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	_ = lazy.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if typ, _, err := lazy.readPacket(); err != nil || typ != 9 {
+		t.Fatalf("SUBACK: type %d %v", typ, err)
+	}
+	rc := dialRaw(t, r.addr, "gw5", "unused", nil)
+	defer rc.close()
+	const n = 60
+	for i := range n {
+		if _, err := rc.bw.Write(publishPacket("devices/gw5/telemetry", uint16(i+1), []byte(strconv.Itoa(i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rc.bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	_ = rc.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	read := func(i int) {
+		t.Helper()
+		typ, body, err := rc.readPacket()
+		if err != nil || typ != 4 || binary.BigEndian.Uint16(body) != uint16(i+1) || (len(body) > 2 && body[2] != 0) {
+			t.Fatalf("PUBACK %d: type %d body %v err %v", i+1, typ, body, err)
+		}
+	}
+	const window = 6 // 3/4 of MaxInflight: then the gateway is held
+	for i := range window {
+		read(i)
+	}
+	// Held: no further PUBACK while the subscriber acks nothing (a gateway that is not held would
+	// get them at once; one that is held never does, however loaded the machine).
+	_ = rc.conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if typ, body, err := rc.readPacket(); err == nil {
+		t.Fatalf("packet type %d %v while the subscriber's window is full: the gateway is not held", typ, body)
+	}
+	if v := counter(t, r.reg, "sluice_mqtt_inflight_full_dropped_total"); v != 0 {
+		t.Fatalf("inflight_full_dropped_total = %v under backpressure", v)
+	}
+	lazy.close() // releases the gateway
+	_ = rc.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for i := window; i < n; i++ {
+		read(i)
 	}
 	if got := ready(t, r.m, "telemetry"); got != n {
 		t.Fatalf("queue holds %d, want %d", got, n)
