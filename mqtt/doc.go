@@ -50,7 +50,8 @@
 //     into zerolog, sampled.
 //
 // Concurrency: New, AddHook and Start are called once, in that order, from one goroutine.
-// Addr, Reload and Ready are safe at any time from any goroutine. Shutdown may be called from any
+// Addr, Reload and Ready are safe at any time from any goroutine; InjectPacket from any goroutine
+// after Start, for a client mochi handed to a hook. Shutdown may be called from any
 // goroutine; it waits for every goroutine the server started.
 //
 // Example:
