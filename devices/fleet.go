@@ -153,6 +153,9 @@ func (f *Fleet) Run(ctx context.Context) error {
 	return nil
 }
 
+// publishAckTimeout bounds the wait for one publish's acknowledgement.
+const publishAckTimeout = 10 * time.Second
+
 // device is one simulated device; its state is owned by its goroutine.
 type device struct {
 	f        *Fleet
@@ -372,11 +375,16 @@ func (d *device) session(ctx context.Context, c *Client) (flapped bool) {
 			payload := d.gen.Append(make([]byte, 0, d.sizeHint), d.seq, now)
 			d.sizeHint = len(payload)
 			f.published.Add(1)
-			err := c.Publish(ctx, Message{Topic: topic, Payload: payload, QoS: byte(cfg.QoS), Retain: cfg.Retain})
+			// The end of the run does not abandon a publish waiting for its ack: it gets
+			// publishAckTimeout of its own, so the summary's published = acked + errors + lost
+			// with the connection.
+			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishAckTimeout)
+			err := c.Publish(pctx, Message{Topic: topic, Payload: payload, QoS: byte(cfg.QoS), Retain: cfg.Retain})
+			cancel()
 			switch {
 			case err == nil && cfg.QoS > 0:
 				f.acked.Add(1)
-			case err != nil && ctx.Err() == nil && !errors.Is(err, ErrConnectionLost):
+			case err != nil && !errors.Is(err, ErrConnectionLost):
 				f.errs.Add(1)
 			}
 		}
