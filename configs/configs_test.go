@@ -49,7 +49,7 @@ func TestDefault(t *testing.T) {
 	if l.MaxPacketSize != 1<<20 || l.MaxPendingWrites != 256 || l.KeepAliveMax != 600 || l.ConnectTimeout != 10*time.Second {
 		t.Errorf("mqtt.limits = %+v", l)
 	}
-	if c.Log.Level != "info" || c.Log.Format != "auto" || c.MQTT.SlowSubscribers.Policy != "drop" {
+	if c.Log.Level != "info" || c.Log.Format != "auto" || c.MQTT.SlowSubscribers.Policy != "backpressure" {
 		t.Errorf("log = %+v, slow = %+v", c.Log, c.MQTT.SlowSubscribers)
 	}
 }

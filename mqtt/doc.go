@@ -32,6 +32,9 @@
 //     where it can; "disconnect" also cuts a subscriber whose queue stays full for
 //     DisconnectAfter; "backpressure" holds publishers (before their PUBACK) while a subscriber of
 //     their topic has a full in-flight window, so nothing is dropped — BenchmarkFanIn shows it.
+//     "backpressure" is the default: under a closed-loop fan-in overload "drop" acked ~10× more
+//     than one subscriber could take and dropped the rest (counted), which is not what a broker
+//     whose PUBACK means "kept" should do by default.
 //   - mochi's outbound send quota is switched off (hook.OnSessionEstablished): in v2.7.9 it can
 //     deadlock a subscriber (a recursive read lock in Inflight.NextImmediate) and leaks quota.
 //   - QoS 2 resends: a PUBLISH resent before PUBREL (its PUBREC was lost) gets PUBREC success

@@ -100,7 +100,7 @@ type Limits struct {
 
 // SlowSubscribers is the policy for a subscriber whose outbound queue is full.
 type SlowSubscribers struct {
-	Policy          string        // "drop" (default: QoS 0 dropped first, counted) | "disconnect" | "backpressure" (slow the publishers)
+	Policy          string        // "backpressure" (default: slow the publishers, lose nothing) | "drop" (QoS 0 first, counted) | "disconnect"
 	DisconnectAfter time.Duration // a subscriber whose queue stays full this long is disconnected; 0 → 30s
 }
 
@@ -147,7 +147,7 @@ func (o Options) withDefaults() (Options, error) {
 		l.ConnectTimeout = 10 * time.Second
 	}
 	if o.Slow.Policy == "" {
-		o.Slow.Policy = PolicyDrop
+		o.Slow.Policy = PolicyBackpressure
 	}
 	if o.Slow.DisconnectAfter == 0 {
 		o.Slow.DisconnectAfter = 30 * time.Second
