@@ -469,6 +469,8 @@ type Stats struct {
 	Bytes                                                   int64 // record bytes of the messages in the queue (not the dead letters)
 	OldestAge                                               time.Duration
 	Enqueued, Acked, Nacked, DeadLettered, Expired, Dropped uint64 // counters since open
+	// Rates per second over the last 10 to 20 s (since open for a younger queue), from the counters.
+	EnqueueRate, AckRate, NackRate, DeadLetterRate float64
 }
 
 // Stats returns the current state of queue q.
@@ -516,6 +518,7 @@ func (q *queue) stats(now int64) Stats {
 		Enqueued: q.st.enqueued, Acked: q.st.acked, Nacked: q.st.nacked,
 		DeadLettered: q.st.deadLettered, Expired: q.st.expired, Dropped: q.st.dropped,
 	}
+	st.EnqueueRate, st.AckRate, st.NackRate, st.DeadLetterRate = q.rates.rates(now, q.st)
 	s.advanceHead()
 	for i := s.head; i < s.idx.end; i++ {
 		if e := s.idx.at(i); isLive(e.state) {

@@ -2,6 +2,8 @@ package queue
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluicemq/sluice/wal"
 )
 
 // collector exposes every queue's state at scrape time (label queue); registered by Open when
@@ -12,11 +14,15 @@ type collector struct {
 
 	ready, leased, delayed, dead, bytes, oldest             *prometheus.Desc
 	enqueued, acked, nacked, deadLettered, expired, dropped *prometheus.Desc
+	commits, committed, fsyncs, fsyncSeconds                *prometheus.Desc // per queue and log
 }
 
 func newCollector(m *Manager) *collector {
 	d := func(name, help string) *prometheus.Desc {
 		return prometheus.NewDesc("sluice_queue_"+name, help, []string{"queue"}, nil)
+	}
+	l := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc("sluice_queue_"+name, help, []string{"queue", "log"}, nil)
 	}
 	return &collector{
 		m:            m,
@@ -32,12 +38,17 @@ func newCollector(m *Manager) *collector {
 		deadLettered: d("dead_lettered_total", "Messages moved to the dead-letter queue since open."),
 		expired:      d("expired_total", "Messages that exceeded max age since open."),
 		dropped:      d("dropped_total", "Messages dropped (overflow, purge, expiry or attempts without dead-lettering) since open."),
+		commits:      l("commits_total", "Group commits (one write and, under sync always, one fsync each) since open; records_total/commits_total is the mean batch."),
+		committed:    l("committed_records_total", "Records written by group commits since open."),
+		fsyncs:       l("fsyncs_total", "Fsyncs of the log's tail segment since open."),
+		fsyncSeconds: l("fsync_seconds_total", "Time spent in those fsyncs; divided by fsyncs_total, the mean fsync latency."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.ready, c.leased, c.delayed, c.dead, c.bytes, c.oldest,
-		c.enqueued, c.acked, c.nacked, c.deadLettered, c.expired, c.dropped} {
+		c.enqueued, c.acked, c.nacked, c.deadLettered, c.expired, c.dropped,
+		c.commits, c.committed, c.fsyncs, c.fsyncSeconds} {
 		ch <- d
 	}
 }
@@ -54,7 +65,20 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		s := q.stats(q.now())
+		logs := [...]struct {
+			name string
+			st   wal.Stats
+		}{{"messages", q.src.log.Stats()}, {"acks", q.src.acks.Stats()}}
 		q.exit()
+		for _, lg := range logs {
+			k := func(d *prometheus.Desc, v float64) {
+				ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, s.Name, lg.name)
+			}
+			k(c.commits, float64(lg.st.Commits))
+			k(c.committed, float64(lg.st.Records))
+			k(c.fsyncs, float64(lg.st.Fsyncs))
+			k(c.fsyncSeconds, lg.st.FsyncTime.Seconds())
+		}
 		g := func(d *prometheus.Desc, v float64) {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, s.Name)
 		}

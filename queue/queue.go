@@ -60,6 +60,7 @@ type queue struct {
 	rng     *rand.Rand
 	lastCP  time.Time // wall time of the last checkpoint
 	st      counters
+	rates   rateMeter // guarded by mu
 
 	ops      sync.WaitGroup // operations in flight; Close waits for them
 	done     chan struct{}  // closed by Close: wakes long polls
@@ -71,6 +72,33 @@ type queue struct {
 
 type counters struct {
 	enqueued, acked, nacked, deadLettered, expired, dropped uint64
+}
+
+// rateWindow is the span over which Stats computes rates.
+const rateWindow = 10 * time.Second
+
+// rateMeter turns the counters into per-second rates over the last rateWindow to 2×rateWindow,
+// sampled lazily by Stats (no timer): the rate is the counters' growth since a snapshot at least
+// rateWindow old, or since open while the queue is younger than that.
+type rateMeter struct {
+	prev, cur     counters // snapshots: prev is the base of the rates, cur becomes it after rateWindow
+	prevAt, curAt int64    // their times (unix ns)
+	started       bool
+}
+
+// rates returns enqueue, ack, nack and dead-letter rates per second at now, given the counters c.
+func (r *rateMeter) rates(now int64, c counters) (enq, ack, nack, dead float64) {
+	if now-r.curAt >= int64(rateWindow) { // slide: the newer snapshot becomes the base
+		r.prev, r.prevAt = r.cur, r.curAt
+		r.cur, r.curAt = c, now
+	}
+	secs := float64(now-r.prevAt) / float64(time.Second)
+	if secs <= 0 {
+		return 0, 0, 0, 0
+	}
+	rate := func(a, b uint64) float64 { return float64(a-b) / secs }
+	return rate(c.enqueued, r.prev.enqueued), rate(c.acked, r.prev.acked), rate(c.nacked, r.prev.nacked),
+		rate(c.deadLettered, r.prev.deadLettered)
 }
 
 func openQueue(m *Manager, name string, cfg Config) (*queue, error) {
@@ -85,6 +113,8 @@ func openQueue(m *Manager, name string, cfg Config) (*queue, error) {
 		rng:     rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		lastCP:  time.Now(),
 	}
+	q.rates.prevAt = q.now()
+	q.rates.curAt = q.rates.prevAt
 	sync := wal.SyncPolicy(cfg.Sync)
 	src, force1, err := openStore(dir, sync, q.log, m.walFS)
 	if err != nil {

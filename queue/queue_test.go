@@ -783,16 +783,35 @@ func TestMetrics(t *testing.T) {
 	got := map[string]float64{}
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) != 1 || m.GetLabel()[0].GetValue() != qn {
+			name, queueLabel := mf.GetName(), ""
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "queue":
+					queueLabel = l.GetValue()
+				case "log": // per log of the queue
+					name += "/" + l.GetValue()
+				default:
+					t.Fatalf("%s: unexpected label %v", mf.GetName(), l)
+				}
+			}
+			if queueLabel != qn {
 				t.Fatalf("%s: labels %v", mf.GetName(), m.GetLabel())
 			}
-			got[mf.GetName()] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			got[name] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
 		}
 	}
-	for name, want := range map[string]float64{"sluice_queue_ready": 1, "sluice_queue_leased": 1, "sluice_queue_enqueued_total": 2, "sluice_queue_dead": 0} {
+	for name, want := range map[string]float64{"sluice_queue_ready": 1, "sluice_queue_leased": 1, "sluice_queue_enqueued_total": 2, "sluice_queue_dead": 0,
+		"sluice_queue_committed_records_total/messages": 2} {
 		if v, ok := got[name]; !ok || v != want {
 			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
 		}
+	}
+	// One enqueue call of two messages is one group commit with one fsync (sync always).
+	if c, f := got["sluice_queue_commits_total/messages"], got["sluice_queue_fsyncs_total/messages"]; c != 1 || f != 1 {
+		t.Errorf("messages log: %v commits and %v fsyncs for one enqueue, want 1 and 1", c, f)
+	}
+	if got["sluice_queue_fsync_seconds_total/messages"] <= 0 {
+		t.Errorf("fsync time not counted")
 	}
 	e.reopen() // unregisters and registers again
 }
@@ -1004,5 +1023,28 @@ func TestLostLogTail(t *testing.T) {
 	got := payloads(c.receive(10, 0))
 	if got != "1,2,3,4,5,n6,n7" && got != "n6,n7,1,2,3,4,5" {
 		t.Fatalf("after lost tail: %q, want 1..5 and n6, n7", got)
+	}
+}
+
+// TestStatsRates: rates are the counters' growth per second over the last window, on the queue's clock.
+func TestStatsRates(t *testing.T) {
+	e := newEnv(t, queue.Config{})
+	for range 4 {
+		e.enqueue("a", "b", "c", "d", "e")
+	}
+	e.clock.Advance(10 * time.Second)
+	st, err := e.m.Stats(qn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.EnqueueRate != 2 || st.AckRate != 0 {
+		t.Fatalf("after 20 enqueued in 10s: enqueue rate %v, ack rate %v; want 2 and 0", st.EnqueueRate, st.AckRate)
+	}
+	e.clock.Advance(10 * time.Second)
+	if st, err = e.m.Stats(qn); err != nil {
+		t.Fatal(err)
+	}
+	if st.EnqueueRate != 0 {
+		t.Fatalf("10s without enqueues: enqueue rate %v, want 0", st.EnqueueRate)
 	}
 }

@@ -132,6 +132,7 @@ type Log struct {
 	first   atomic.Uint64         // first index of the first segment
 
 	batches, records atomic.Uint64 // group commits done, records in them
+	fsyncs, fsyncNs  atomic.Uint64 // fsyncs of the tail segment by the writer, and their total time
 	reqPool          sync.Pool     // of *appendReq
 
 	segMu sync.RWMutex
@@ -536,6 +537,25 @@ func (l *Log) FirstIndex() uint64 {
 // back when TruncateFront empties the log.
 func (l *Log) LastIndex() uint64 { return l.durable.Load() }
 
+// Stats are counters of a log's writer since Open, for metrics: the mean group-commit batch is
+// Records/Commits, the mean fsync latency FsyncTime/Fsyncs.
+type Stats struct {
+	Commits   uint64        // group commits (one WriteBatch each)
+	Records   uint64        // records written by them
+	Fsyncs    uint64        // fsyncs of the tail segment
+	FsyncTime time.Duration // their total duration
+}
+
+// Stats returns the log's counters; safe for concurrent use, also after Close.
+func (l *Log) Stats() Stats {
+	return Stats{
+		Commits:   l.batches.Load(),
+		Records:   l.records.Load(),
+		Fsyncs:    l.fsyncs.Load(),
+		FsyncTime: time.Duration(l.fsyncNs.Load()),
+	}
+}
+
 // TruncateFront drops records below index, by whole segments only: it removes
 // the segment files that lie entirely below index (oldest first, then fsyncs
 // the directory), so FirstIndex may stay below index. The tail segment is
@@ -644,7 +664,7 @@ func (l *Log) run() {
 		case <-l.w.timer.C:
 			l.w.timerOn = false
 			if l.w.dirty && l.failed.Load() == nil {
-				if err := l.w.syncF.Sync(); err != nil {
+				if err := l.syncTail(); err != nil {
 					l.fail(fmt.Errorf("fsync %s: %w", filepath.Base(l.w.tailPath), err))
 					l.log.Error().Err(err).Msg("interval fsync failed; log refuses appends until reopened")
 				}
@@ -780,12 +800,21 @@ func (l *Log) write() error {
 		}
 		return nil
 	}
-	if err := w.syncF.Sync(); err != nil {
+	if err := l.syncTail(); err != nil {
 		return l.fail(fmt.Errorf("fsync %s: %w", filepath.Base(w.tailPath), err))
 	}
 	w.dirty = false
 	l.durable.Store(idx)
 	return nil
+}
+
+// syncTail fsyncs the tail segment and counts it (writer goroutine only).
+func (l *Log) syncTail() error {
+	start := time.Now()
+	err := l.w.syncF.Sync()
+	l.fsyncs.Add(1)
+	l.fsyncNs.Add(uint64(time.Since(start)))
+	return err
 }
 
 // roll records segments tidwall/wal created during a batch.

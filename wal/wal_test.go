@@ -578,6 +578,9 @@ func TestSyncPolicies(t *testing.T) {
 				if syncs != 50 {
 					t.Fatalf("%d fsyncs for 50 sequential appends, want 50", syncs)
 				}
+				if st := l.Stats(); st.Commits != 50 || st.Records != 50 || st.Fsyncs != 50 || st.FsyncTime <= 0 {
+					t.Fatalf("Stats() = %+v after 50 sequential appends, want 50 commits, records and fsyncs", st)
+				}
 			case wal.SyncInterval:
 				deadline := time.Now().Add(10 * time.Second)
 				for _, s, _ := ffs.Counts(); s == 0; _, s, _ = ffs.Counts() {
