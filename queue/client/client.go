@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sluicemq/sluice/queue/api"
 )
 
 // Client calls the queue HTTP API. The zero value is not usable: set BaseURL.
@@ -73,81 +75,23 @@ func (e *Error) Is(target error) bool {
 	return false
 }
 
-// UserProperty is an MQTT 5 user property.
-type UserProperty struct {
-	Key   string `json:"key"`
-	Value string `json:"value"`
-}
-
-// Properties are the MQTT 5 properties a message was published with.
-type Properties struct {
-	ContentType     string         `json:"content_type,omitempty"`
-	PayloadFormat   *byte          `json:"payload_format,omitempty"`
-	CorrelationData []byte         `json:"correlation_data,omitempty"`
-	ResponseTopic   string         `json:"response_topic,omitempty"`
-	UserProperties  []UserProperty `json:"user_properties,omitempty"`
-	MessageExpiry   *uint32        `json:"message_expiry,omitempty"` // seconds
-}
-
-// Message is a delivered message. Receipt identifies this delivery (lease) for Ack, Nack and Extend;
-// ID is stable across deliveries, so handlers can be idempotent.
-type Message struct {
-	ID         string     `json:"id"`
-	Receipt    string     `json:"receipt"`
-	Attempt    int        `json:"attempt"`
-	EnqueuedAt time.Time  `json:"enqueued_at"`
-	ReceivedAt time.Time  `json:"received_at"`
-	Topic      string     `json:"topic"`
-	ClientID   string     `json:"client_id"`
-	Username   string     `json:"username,omitempty"`
-	QoS        byte       `json:"qos"`
-	Retain     bool       `json:"retain"`
-	Properties Properties `json:"properties"`
-	Payload    []byte     `json:"payload"`
-}
-
-// DeadLetter is a message moved to a queue's dead-letter queue.
-type DeadLetter struct {
-	ID         string     `json:"id"`
-	Attempts   int        `json:"attempts"`
-	Reason     string     `json:"reason"`
-	DeadAt     time.Time  `json:"dead_at"`
-	EnqueuedAt time.Time  `json:"enqueued_at"`
-	ReceivedAt time.Time  `json:"received_at"`
-	Topic      string     `json:"topic"`
-	ClientID   string     `json:"client_id"`
-	Username   string     `json:"username,omitempty"`
-	QoS        byte       `json:"qos"`
-	Retain     bool       `json:"retain"`
-	Properties Properties `json:"properties"`
-	Payload    []byte     `json:"payload"`
-}
-
-// NewMessage is a message to enqueue.
-type NewMessage struct {
-	Topic      string     `json:"topic,omitempty"`
-	ClientID   string     `json:"client_id,omitempty"`
-	QoS        byte       `json:"qos,omitempty"`
-	Properties Properties `json:"properties,omitzero"`
-	Payload    []byte     `json:"payload"`
-}
-
-// Stats describe a queue.
-type Stats struct {
-	Name         string `json:"name"`
-	Ready        int64  `json:"ready"`
-	Leased       int64  `json:"leased"`
-	Delayed      int64  `json:"delayed"`
-	Dead         int64  `json:"dead"`
-	Bytes        int64  `json:"bytes"`
-	OldestAgeMS  int64  `json:"oldest_age_ms"`
-	Enqueued     uint64 `json:"enqueued"`
-	Acked        uint64 `json:"acked"`
-	Nacked       uint64 `json:"nacked"`
-	DeadLettered uint64 `json:"dead_lettered"`
-	Expired      uint64 `json:"expired"`
-	Dropped      uint64 `json:"dropped"`
-}
+// The wire types of the API have one home, queue/api, shared with the server; these aliases
+// keep the client's names.
+type (
+	// UserProperty is an MQTT 5 user property.
+	UserProperty = api.UserProperty
+	// Properties are the MQTT 5 properties a message was published with.
+	Properties = api.Properties
+	// Message is a delivered message. Receipt identifies this delivery (lease) for Ack, Nack and
+	// Extend; ID is stable across deliveries, so handlers can be idempotent.
+	Message = api.Message
+	// DeadLetter is a message moved to a queue's dead-letter queue.
+	DeadLetter = api.DeadLetter
+	// NewMessage is a message to enqueue.
+	NewMessage = api.NewMessage
+	// Stats describe a queue.
+	Stats = api.Stats
+)
 
 // ReceiveOptions tune a Receive call. Zero fields take the server's defaults.
 type ReceiveOptions struct {
@@ -158,9 +102,9 @@ type ReceiveOptions struct {
 
 // Limits of the server, mirrored so callers can split batches.
 const (
-	MaxReceive = 1000
-	MaxBatch   = 1000
-	MaxWait    = 20 * time.Second
+	MaxReceive = api.MaxReceive
+	MaxBatch   = api.MaxBatch
+	MaxWait    = api.MaxWait
 )
 
 func (c *Client) httpClient() *http.Client {
@@ -222,9 +166,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any, alsoD
 	if resp.StatusCode/100 == 2 {
 		return nil
 	}
-	var eb struct {
-		Error struct{ Code, Message string } `json:"error"`
-	}
+	var eb api.ErrorBody
 	if json.Unmarshal(data, &eb) != nil || eb.Error.Code == "" {
 		msg := strings.TrimSpace(string(data))
 		if len(msg) > 200 {
@@ -237,9 +179,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any, alsoD
 
 // Queues returns the stats of every queue the key may see.
 func (c *Client) Queues(ctx context.Context) ([]Stats, error) {
-	var out struct {
-		Queues []Stats `json:"queues"`
-	}
+	var out api.ListResponse
 	if err := c.do(ctx, http.MethodGet, "/v1/queues", nil, &out); err != nil {
 		return nil, err
 	}
@@ -255,12 +195,8 @@ func (c *Client) Stats(ctx context.Context, q string) (Stats, error) {
 
 // Send enqueues msgs (at most MaxBatch) into q and returns their ids. They are durable on return.
 func (c *Client) Send(ctx context.Context, q string, msgs []NewMessage) ([]string, error) {
-	var out struct {
-		IDs []string `json:"ids"`
-	}
-	in := struct {
-		Messages []NewMessage `json:"messages"`
-	}{msgs}
+	var out api.EnqueueResponse
+	in := api.EnqueueRequest{Messages: msgs}
 	if err := c.do(ctx, http.MethodPost, queuePath(q, "/messages"), in, &out); err != nil {
 		return nil, err
 	}
@@ -270,19 +206,17 @@ func (c *Client) Send(ctx context.Context, q string, msgs []NewMessage) ([]strin
 // Receive leases up to opts.Max messages of q, waiting up to opts.Wait for the first one.
 // It returns an empty slice when nothing arrived in time.
 func (c *Client) Receive(ctx context.Context, q string, opts ReceiveOptions) ([]Message, error) {
-	in := map[string]int64{}
+	var in api.ReceiveRequest
 	if opts.Max > 0 {
-		in["max"] = int64(opts.Max)
+		in.Max = &opts.Max
 	}
 	if opts.Wait > 0 {
-		in["wait_ms"] = opts.Wait.Milliseconds()
+		in.WaitMS = ptr(opts.Wait.Milliseconds())
 	}
 	if opts.Lease > 0 {
-		in["lease_ms"] = max(1, opts.Lease.Milliseconds())
+		in.LeaseMS = ptr(max(1, opts.Lease.Milliseconds()))
 	}
-	var out struct {
-		Messages []Message `json:"messages"`
-	}
+	var out api.ReceiveResponse
 	if err := c.do(ctx, http.MethodPost, queuePath(q, "/receive"), in, &out); err != nil {
 		return nil, err
 	}
@@ -291,17 +225,9 @@ func (c *Client) Receive(ctx context.Context, q string, opts ReceiveOptions) ([]
 
 // receipts calls ack, nack or extend; the answer has one error (nil = done) per receipt, in order.
 // A per-receipt error is an *Error matching ErrStaleReceipt or ErrInvalidReceipt.
-func (c *Client) receipts(ctx context.Context, q, op string, in any, n int) ([]error, error) {
-	var out struct {
-		Results []struct {
-			Receipt string `json:"receipt"`
-			OK      bool   `json:"ok"`
-			Error   *struct {
-				Code    string `json:"code"`
-				Message string `json:"message"`
-			} `json:"error"`
-		} `json:"results"`
-	}
+func (c *Client) receipts(ctx context.Context, q, op string, in api.ReceiptsRequest) ([]error, error) {
+	n := len(in.Receipts)
+	var out api.ReceiptsResponse
 	err := c.do(ctx, http.MethodPost, queuePath(q, "/"+op), in, &out, http.StatusConflict, http.StatusBadRequest)
 	if len(out.Results) == 0 {
 		if err == nil {
@@ -327,22 +253,22 @@ func (c *Client) receipts(ctx context.Context, q, op string, in any, n int) ([]e
 
 // Ack acknowledges deliveries: their messages are done and removed.
 func (c *Client) Ack(ctx context.Context, q string, receipts []string) ([]error, error) {
-	return c.receipts(ctx, q, "ack", map[string]any{"receipts": receipts}, len(receipts))
+	return c.receipts(ctx, q, "ack", api.ReceiptsRequest{Receipts: receipts})
 }
 
 // Nack gives deliveries back: they are delivered again after delay (0 → the queue's backoff).
 func (c *Client) Nack(ctx context.Context, q string, receipts []string, delay time.Duration) ([]error, error) {
-	in := map[string]any{"receipts": receipts}
+	in := api.ReceiptsRequest{Receipts: receipts}
 	if delay > 0 {
-		in["delay_ms"] = delay.Milliseconds()
+		in.DelayMS = ptr(delay.Milliseconds())
 	}
-	return c.receipts(ctx, q, "nack", in, len(receipts))
+	return c.receipts(ctx, q, "nack", in)
 }
 
 // Extend sets the deliveries' leases to end lease from now.
 func (c *Client) Extend(ctx context.Context, q string, receipts []string, lease time.Duration) ([]error, error) {
-	in := map[string]any{"receipts": receipts, "lease_ms": max(1, lease.Milliseconds())}
-	return c.receipts(ctx, q, "extend", in, len(receipts))
+	in := api.ReceiptsRequest{Receipts: receipts, LeaseMS: ptr(max(1, lease.Milliseconds()))}
+	return c.receipts(ctx, q, "extend", in)
 }
 
 // Dead lists up to max (1..1000; 0 → 100) dead letters of q, oldest first.
@@ -351,9 +277,7 @@ func (c *Client) Dead(ctx context.Context, q string, max int) ([]DeadLetter, err
 	if max > 0 {
 		path += "?max=" + strconv.Itoa(max)
 	}
-	var out struct {
-		Messages []DeadLetter `json:"messages"`
-	}
+	var out api.DeadResponse
 	if err := c.do(ctx, http.MethodGet, path, nil, &out); err != nil {
 		return nil, err
 	}
@@ -363,22 +287,24 @@ func (c *Client) Dead(ctx context.Context, q string, max int) ([]DeadLetter, err
 // Redrive moves dead letters of q back into q: those with the given ids, or all when ids is empty.
 // It returns how many moved.
 func (c *Client) Redrive(ctx context.Context, q string, ids []string) (int, error) {
-	in := map[string]any{}
-	if len(ids) > 0 {
-		in["ids"] = ids
-	}
-	var out struct {
-		Redriven int `json:"redriven"`
-	}
+	in := api.RedriveRequest{IDs: ids}
+	var out api.CountResponse
 	err := c.do(ctx, http.MethodPost, queuePath(q, "/redrive"), in, &out)
-	return out.Redriven, err
+	return deref(out.Redriven), err
 }
 
 // Purge deletes every message of q (not its dead letters) and returns how many.
 func (c *Client) Purge(ctx context.Context, q string) (int, error) {
-	var out struct {
-		Purged int `json:"purged"`
-	}
+	var out api.CountResponse
 	err := c.do(ctx, http.MethodDelete, queuePath(q, "/messages"), nil, &out)
-	return out.Purged, err
+	return deref(out.Purged), err
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func deref(p *int) int {
+	if p == nil {
+		return 0
+	}
+	return *p
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sluicemq/sluice/queue"
+	"github.com/sluicemq/sluice/queue/api"
 )
 
 // Manager is what the handler needs of the queues: *queue.Manager is one.
@@ -192,7 +193,7 @@ func writeError(w http.ResponseWriter, e *httpError) {
 	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
 		w.Header().Set("Retry-After", "1")
 	}
-	writeJSON(w, e.status, errorBody{Error: apiError{Code: e.code, Message: e.message}})
+	writeJSON(w, e.status, api.ErrorBody{Error: api.Error{Code: e.code, Message: e.message}})
 }
 
 // queueError maps an error of the queue package to an HTTP answer.
@@ -268,7 +269,7 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request) {
 		writeError(w, herr)
 		return
 	}
-	resp := listResponse{Queues: []stats{}}
+	resp := api.ListResponse{Queues: []api.Stats{}}
 	for _, q := range h.m.Queues() {
 		if authorize(key, q, anyRight) != nil {
 			continue
@@ -304,7 +305,7 @@ func (h *Handler) enqueue(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var req enqueueRequest
+	var req api.EnqueueRequest
 	if herr := decode(w, r, h.maxBody, &req); herr != nil {
 		writeError(w, herr)
 		return
@@ -323,14 +324,14 @@ func (h *Handler) enqueue(w http.ResponseWriter, r *http.Request) {
 			writeError(w, &httpError{http.StatusBadRequest, "bad_request", fmt.Sprintf("message %d: qos must be 0, 1 or 2", i)})
 			return
 		}
-		msgs[i] = queue.Message{Topic: m.Topic, ClientID: m.ClientID, QoS: m.QoS, Properties: m.Properties.toQueue(), Payload: m.Payload}
+		msgs[i] = queue.Message{Topic: m.Topic, ClientID: m.ClientID, QoS: m.QoS, Properties: fromWireProps(m.Properties), Payload: m.Payload}
 	}
 	ids, err := h.m.Enqueue(r.Context(), q, msgs)
 	if err != nil {
 		writeError(w, queueError(q, err))
 		return
 	}
-	writeJSON(w, http.StatusCreated, enqueueResponse{IDs: ids})
+	writeJSON(w, http.StatusCreated, api.EnqueueResponse{IDs: ids})
 }
 
 func (h *Handler) receive(w http.ResponseWriter, r *http.Request) {
@@ -338,7 +339,7 @@ func (h *Handler) receive(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var req receiveRequest
+	var req api.ReceiveRequest
 	if herr := decode(w, r, maxSmallBody, &req); herr != nil {
 		writeError(w, herr)
 		return
@@ -379,7 +380,7 @@ func (h *Handler) receive(w http.ResponseWriter, r *http.Request) {
 		writeError(w, queueError(q, err))
 		return
 	}
-	resp := receiveResponse{Messages: make([]message, len(ds))}
+	resp := api.ReceiveResponse{Messages: make([]api.Message, len(ds))}
 	for i, d := range ds {
 		resp.Messages[i] = toWireMessage(d)
 	}
@@ -392,14 +393,14 @@ const minPoll = 10 * time.Millisecond
 // maxLeaseMS bounds lease_ms: 12 hours.
 const maxLeaseMS = 12 * 3600 * 1000
 
-type receiptOp func(q string, receipts []string, req *receiptsRequest) ([]error, error)
+type receiptOp func(q string, receipts []string, req *api.ReceiptsRequest) ([]error, error)
 
 func (h *Handler) ack(w http.ResponseWriter, r *http.Request) {
-	h.receipts(w, r, func(q string, rs []string, _ *receiptsRequest) ([]error, error) { return h.m.Ack(q, rs) })
+	h.receipts(w, r, func(q string, rs []string, _ *api.ReceiptsRequest) ([]error, error) { return h.m.Ack(q, rs) })
 }
 
 func (h *Handler) nack(w http.ResponseWriter, r *http.Request) {
-	h.receipts(w, r, func(q string, rs []string, req *receiptsRequest) ([]error, error) {
+	h.receipts(w, r, func(q string, rs []string, req *api.ReceiptsRequest) ([]error, error) {
 		var delay time.Duration
 		if req.DelayMS != nil {
 			delay = time.Duration(*req.DelayMS) * time.Millisecond
@@ -409,7 +410,7 @@ func (h *Handler) nack(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) extend(w http.ResponseWriter, r *http.Request) {
-	h.receipts(w, r, func(q string, rs []string, req *receiptsRequest) ([]error, error) {
+	h.receipts(w, r, func(q string, rs []string, req *api.ReceiptsRequest) ([]error, error) {
 		return h.m.Extend(q, rs, time.Duration(*req.LeaseMS)*time.Millisecond)
 	})
 }
@@ -422,7 +423,7 @@ func (h *Handler) receipts(w http.ResponseWriter, r *http.Request, op receiptOp)
 	if !ok {
 		return
 	}
-	var req receiptsRequest
+	var req api.ReceiptsRequest
 	if herr := decode(w, r, maxSmallBody, &req); herr != nil {
 		writeError(w, herr)
 		return
@@ -466,10 +467,10 @@ func (h *Handler) receipts(w http.ResponseWriter, r *http.Request, op receiptOp)
 		writeError(w, &httpError{http.StatusInternalServerError, "internal", fmt.Sprintf("the queue answered %d results for %d receipts", len(errs), len(req.Receipts))})
 		return
 	}
-	resp := receiptsResponse{Results: make([]receiptResult, len(errs))}
+	resp := api.ReceiptsResponse{Results: make([]api.ReceiptResult, len(errs))}
 	oks, stale := 0, 0
 	for i, e := range errs {
-		res := receiptResult{Receipt: req.Receipts[i], OK: e == nil}
+		res := api.ReceiptResult{Receipt: req.Receipts[i], OK: e == nil}
 		if e == nil {
 			oks++
 		} else {
@@ -477,7 +478,7 @@ func (h *Handler) receipts(w http.ResponseWriter, r *http.Request, op receiptOp)
 			if he.status == http.StatusConflict {
 				stale++
 			}
-			res.Error = &apiError{Code: he.code, Message: he.message}
+			res.Error = &api.Error{Code: he.code, Message: he.message}
 		}
 		resp.Results[i] = res
 	}
@@ -517,13 +518,9 @@ func (h *Handler) dead(w http.ResponseWriter, r *http.Request) {
 		writeError(w, queueError(q, err))
 		return
 	}
-	resp := deadResponse{Messages: make([]deadLetter, len(dls))}
+	resp := api.DeadResponse{Messages: make([]api.DeadLetter, len(dls))}
 	for i, d := range dls {
-		resp.Messages[i] = deadLetter{
-			ID: d.ID, Attempts: d.Attempts, Reason: d.Reason, DeadAt: d.DeadAt.UTC(), EnqueuedAt: d.EnqueuedAt.UTC(),
-			ReceivedAt: d.ReceivedAt.UTC(), Topic: d.Topic, ClientID: d.ClientID, Username: d.Username, QoS: d.QoS,
-			Retain: d.Retain, Properties: toWireProps(d.Properties), Payload: nonNil(d.Payload),
-		}
+		resp.Messages[i] = toWireDeadLetter(d)
 	}
 	writeJSON(w, http.StatusOK, resp)
 }
@@ -533,7 +530,7 @@ func (h *Handler) redrive(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var req redriveRequest
+	var req api.RedriveRequest
 	if herr := decode(w, r, maxSmallBody, &req); herr != nil {
 		writeError(w, herr)
 		return
@@ -547,7 +544,7 @@ func (h *Handler) redrive(w http.ResponseWriter, r *http.Request) {
 		writeError(w, queueError(q, err))
 		return
 	}
-	writeJSON(w, http.StatusOK, countResponse{Redriven: &n})
+	writeJSON(w, http.StatusOK, api.CountResponse{Redriven: &n})
 }
 
 func (h *Handler) purge(w http.ResponseWriter, r *http.Request) {
@@ -560,5 +557,5 @@ func (h *Handler) purge(w http.ResponseWriter, r *http.Request) {
 		writeError(w, queueError(q, err))
 		return
 	}
-	writeJSON(w, http.StatusOK, countResponse{Purged: &n})
+	writeJSON(w, http.StatusOK, api.CountResponse{Purged: &n})
 }
