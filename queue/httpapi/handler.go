@@ -263,6 +263,20 @@ func (h *Handler) begin(w http.ResponseWriter, r *http.Request, want Rights) (st
 	return q, true
 }
 
+// beginJSON is begin, then decode of a JSON body of at most limit bytes into v; it answers the
+// error itself.
+func (h *Handler) beginJSON(w http.ResponseWriter, r *http.Request, want Rights, limit int64, v any) (string, bool) {
+	q, ok := h.begin(w, r, want)
+	if !ok {
+		return "", false
+	}
+	if herr := decode(w, r, limit, v); herr != nil {
+		writeError(w, herr)
+		return "", false
+	}
+	return q, true
+}
+
 func (h *Handler) list(w http.ResponseWriter, r *http.Request) {
 	key, herr := h.authenticate(r)
 	if herr != nil {
@@ -301,13 +315,9 @@ func (h *Handler) stats(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) enqueue(w http.ResponseWriter, r *http.Request) {
-	q, ok := h.begin(w, r, Produce)
-	if !ok {
-		return
-	}
 	var req api.EnqueueRequest
-	if herr := decode(w, r, h.maxBody, &req); herr != nil {
-		writeError(w, herr)
+	q, ok := h.beginJSON(w, r, Produce, h.maxBody, &req)
+	if !ok {
 		return
 	}
 	switch {
@@ -335,13 +345,9 @@ func (h *Handler) enqueue(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) receive(w http.ResponseWriter, r *http.Request) {
-	q, ok := h.begin(w, r, Consume)
-	if !ok {
-		return
-	}
 	var req api.ReceiveRequest
-	if herr := decode(w, r, maxSmallBody, &req); herr != nil {
-		writeError(w, herr)
+	q, ok := h.beginJSON(w, r, Consume, maxSmallBody, &req)
+	if !ok {
 		return
 	}
 	maxN, wait, lease := 1, time.Duration(0), time.Duration(0)
@@ -419,13 +425,9 @@ func (h *Handler) extend(w http.ResponseWriter, r *http.Request) {
 // The status is 200 when some receipt succeeded; when none did, 409 if they were all stale,
 // 400 otherwise (the body still says what happened to each).
 func (h *Handler) receipts(w http.ResponseWriter, r *http.Request, op receiptOp) {
-	q, ok := h.begin(w, r, Consume)
-	if !ok {
-		return
-	}
 	var req api.ReceiptsRequest
-	if herr := decode(w, r, maxSmallBody, &req); herr != nil {
-		writeError(w, herr)
+	q, ok := h.beginJSON(w, r, Consume, maxSmallBody, &req)
+	if !ok {
 		return
 	}
 	action := r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
@@ -526,13 +528,9 @@ func (h *Handler) dead(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) redrive(w http.ResponseWriter, r *http.Request) {
-	q, ok := h.begin(w, r, Admin)
-	if !ok {
-		return
-	}
 	var req api.RedriveRequest
-	if herr := decode(w, r, maxSmallBody, &req); herr != nil {
-		writeError(w, herr)
+	q, ok := h.beginJSON(w, r, Admin, maxSmallBody, &req)
+	if !ok {
 		return
 	}
 	if len(req.IDs) > MaxBatch {
