@@ -37,6 +37,25 @@ func batch(n, size int) []queue.Message {
 	return msgs
 }
 
+// feed runs b.Loop, handing one token per iteration to the workers that read tokens; then it closes
+// tokens, waits for the workers, fails b with the error one of them stored, and returns the
+// iterations per second.
+func feed(b *testing.B, tokens chan<- struct{}, wg *sync.WaitGroup, failed *atomic.Value) float64 {
+	b.Helper()
+	start := time.Now()
+	n := 0
+	for b.Loop() {
+		tokens <- struct{}{}
+		n++
+	}
+	close(tokens)
+	wg.Wait()
+	if err := failed.Load(); err != nil {
+		b.Fatal(err)
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
 // BenchmarkEnqueueReceiveAck runs batches of 256-byte messages through enqueue → receive → ack
 // with several pipelines in parallel (one b.Loop iteration = one batch through the pipeline), with
 // the default sync policy (always).
@@ -80,18 +99,7 @@ func BenchmarkEnqueueReceiveAck(b *testing.B) {
 			}
 			b.SetBytes(int64(bs * 256))
 			b.ReportAllocs()
-			start := time.Now()
-			n := 0
-			for b.Loop() {
-				tokens <- struct{}{}
-				n++
-			}
-			close(tokens)
-			wg.Wait()
-			if err := failed.Load(); err != nil {
-				b.Fatal(err)
-			}
-			b.ReportMetric(float64(n*bs)/time.Since(start).Seconds(), "msgs/s")
+			b.ReportMetric(feed(b, tokens, &wg, &failed)*float64(bs), "msgs/s")
 		})
 	}
 }
@@ -117,18 +125,7 @@ func BenchmarkEnqueue(b *testing.B) {
 			}
 			b.SetBytes(256)
 			b.ReportAllocs()
-			start := time.Now()
-			n := 0
-			for b.Loop() {
-				tokens <- struct{}{}
-				n++
-			}
-			close(tokens)
-			wg.Wait()
-			if err := failed.Load(); err != nil {
-				b.Fatal(err)
-			}
-			b.ReportMetric(float64(n)/time.Since(start).Seconds(), "msgs/s")
+			b.ReportMetric(feed(b, tokens, &wg, &failed), "msgs/s")
 		})
 	}
 }
