@@ -333,10 +333,8 @@ func (c *Client) dial311() error {
 // Publish sends m and, for QoS 1 and 2, waits for the broker's acknowledgement (bounded by ctx and
 // ConnectTimeout). A broker that refuses the message (MQTT 5 reason code ≥ 0x80) gives an error.
 func (c *Client) Publish(ctx context.Context, m Message) error {
-	select {
-	case <-c.done:
-		return c.doneErr()
-	default:
+	if err := c.ended(); err != nil {
+		return err
 	}
 	if c.v5 != nil {
 		ctx, cancel := context.WithTimeout(ctx, c.opts.ConnectTimeout)
@@ -373,6 +371,16 @@ func (c *Client) wait311(ctx context.Context, tok mqtt311.Token) error {
 	}
 }
 
+// ended returns doneErr's error once the client is closed or its connection lost, and nil before.
+func (c *Client) ended() error {
+	select {
+	case <-c.done:
+		return c.doneErr()
+	default:
+		return nil
+	}
+}
+
 func (c *Client) doneErr() error {
 	select {
 	case <-c.closed:
@@ -392,10 +400,8 @@ func (c *Client) PublishAsync(ctx context.Context, m Message, done func(error)) 
 	if done == nil {
 		done = func(error) {}
 	}
-	select {
-	case <-c.done:
-		return c.doneErr()
-	default:
+	if err := c.ended(); err != nil {
+		return err
 	}
 	if m.QoS == 0 {
 		if err := c.Publish(ctx, m); err != nil {
@@ -533,10 +539,8 @@ func ackError(resp packets.ControlPacket) error {
 // Subscribe subscribes to filter; messages go to ClientOptions.OnMessage. A refused subscription
 // (SUBACK failure code) is an error.
 func (c *Client) Subscribe(ctx context.Context, filter string, qos byte) error {
-	select {
-	case <-c.done:
-		return c.doneErr()
-	default:
+	if err := c.ended(); err != nil {
+		return err
 	}
 	if c.v5 != nil {
 		ctx, cancel := context.WithTimeout(ctx, c.opts.ConnectTimeout)
