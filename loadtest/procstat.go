@@ -95,16 +95,7 @@ func startSampler(pid int, start time.Time, interval time.Duration) *sampler {
 
 func (s *sampler) loop(ctx context.Context) {
 	defer close(s.done)
-	t := time.NewTicker(s.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.sample()
-		}
-	}
+	onTicks(ctx, s.interval, s.sample)
 }
 
 func (s *sampler) sample() {

@@ -34,14 +34,19 @@ func (tl *timeline) setPhase(p string) {
 
 func (tl *timeline) loop(ctx context.Context) {
 	defer close(tl.done)
-	t := time.NewTicker(tl.r.opts.SampleEvery)
+	onTicks(ctx, tl.r.opts.SampleEvery, tl.sample)
+}
+
+// onTicks calls f every interval until ctx ends.
+func onTicks(ctx context.Context, interval time.Duration, f func()) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			tl.sample()
+			f()
 		}
 	}
 }
