@@ -266,17 +266,26 @@ func (cli *queueCLI) receive(ctx context.Context, pos []string, opts client.Rece
 	if err != nil {
 		return err
 	}
-	receipts := make([]string, 0, len(msgs))
-	for _, m := range msgs {
-		if err := cli.printMessage(m); err != nil {
-			return err
-		}
-		receipts = append(receipts, m.Receipt)
+	receipts, err := cli.printMessages(msgs)
+	if err != nil {
+		return err
 	}
 	if ack && len(receipts) > 0 {
 		return cli.ack(ctx, q, receipts)
 	}
 	return nil
+}
+
+// printMessages prints msgs in order and returns their receipts.
+func (cli *queueCLI) printMessages(msgs []client.Message) ([]string, error) {
+	receipts := make([]string, 0, len(msgs))
+	for _, m := range msgs {
+		if err := cli.printMessage(m); err != nil {
+			return nil, err
+		}
+		receipts = append(receipts, m.Receipt)
+	}
+	return receipts, nil
 }
 
 func (cli *queueCLI) ack(ctx context.Context, q string, receipts []string) error {
@@ -312,12 +321,9 @@ func (cli *queueCLI) tail(ctx context.Context, pos []string, batch int) error {
 			}
 			return err
 		}
-		receipts := make([]string, 0, len(msgs))
-		for _, m := range msgs {
-			if err := cli.printMessage(m); err != nil {
-				return err
-			}
-			receipts = append(receipts, m.Receipt)
+		receipts, err := cli.printMessages(msgs)
+		if err != nil {
+			return err
 		}
 		if len(receipts) > 0 {
 			if err := cli.ack(ctx, q, receipts); err != nil {
