@@ -233,11 +233,14 @@ type statusLine struct {
 	every time.Duration
 }
 
+// writesToTerminal reports whether w is a file that is a terminal.
+func writesToTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && isTerminal(f)
+}
+
 func newStatusLine(w io.Writer, quiet bool) *statusLine {
-	tty := false
-	if f, ok := w.(*os.File); ok {
-		tty = isTerminal(f)
-	}
+	tty := writesToTerminal(w)
 	every := 10 * time.Second
 	if tty {
 		every = 500 * time.Millisecond

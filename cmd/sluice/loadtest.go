@@ -315,11 +315,7 @@ type progressBar struct {
 }
 
 func newProgressBar(w io.Writer, off bool) *progressBar {
-	tty := false
-	if f, ok := w.(*os.File); ok {
-		tty = isTerminal(f)
-	}
-	return &progressBar{w: w, tty: tty, off: off}
+	return &progressBar{w: w, tty: writesToTerminal(w), off: off}
 }
 
 func (p *progressBar) start(name string) {
