@@ -425,6 +425,17 @@ func TestQueuesSurviveSIGKILL(t *testing.T) {
 	// The consumer: receive, record, ack; across restarts.
 	var mu sync.Mutex
 	seen := map[string]int{}
+	// record counts msgs in seen and returns their receipts.
+	record := func(msgs []client.Message) []string {
+		rs := make([]string, len(msgs))
+		mu.Lock()
+		defer mu.Unlock()
+		for i, m := range msgs {
+			seen[string(m.Payload)]++
+			rs[i] = m.Receipt
+		}
+		return rs
+	}
 	consumerDone := make(chan struct{})
 	go func() {
 		defer close(consumerDone)
@@ -442,13 +453,7 @@ func TestQueuesSurviveSIGKILL(t *testing.T) {
 				time.Sleep(20 * time.Millisecond) // broker restarting: retry
 				continue
 			}
-			rs := make([]string, len(msgs))
-			mu.Lock()
-			for i, m := range msgs {
-				seen[string(m.Payload)]++
-				rs[i] = m.Receipt
-			}
-			mu.Unlock()
+			rs := record(msgs)
 			if len(rs) > 0 {
 				_, _ = c.Ack(ctx, "telemetry", rs) // lost at a kill: redelivered, counted as duplicates
 			}
@@ -482,13 +487,7 @@ func TestQueuesSurviveSIGKILL(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		rs := make([]string, len(msgs))
-		mu.Lock()
-		for i, m := range msgs {
-			seen[string(m.Payload)]++
-			rs[i] = m.Receipt
-		}
-		mu.Unlock()
+		rs := record(msgs)
 		if len(rs) > 0 {
 			if _, err := c.Ack(context.Background(), "telemetry", rs); err != nil {
 				return false
