@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +16,7 @@ import (
 	"github.com/sluicemq/sluice/queue"
 	"github.com/sluicemq/sluice/queue/client"
 	"github.com/sluicemq/sluice/queue/httpapi"
+	"github.com/sluicemq/sluice/queue/httpapi/httpapitest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -28,21 +28,12 @@ func server(t testing.TB, queues map[string]queue.Config, keys ...httpapi.Key) (
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := httpapi.New(m, httpapi.Options{Keys: keys})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	h.Register(mux)
-	srv := httptest.NewServer(mux)
 	t.Cleanup(func() {
-		h.Close()
-		srv.Close()
-		srv.Client().CloseIdleConnections()
 		if err := m.Close(); err != nil {
 			t.Errorf("close queues: %v", err)
 		}
 	})
+	_, srv := httpapitest.Serve(t, m, httpapi.Options{Keys: keys})
 	return &client.Client{BaseURL: srv.URL, HTTPClient: srv.Client()}, m
 }
 

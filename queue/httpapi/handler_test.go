@@ -17,6 +17,7 @@ import (
 
 	"github.com/sluicemq/sluice/queue"
 	"github.com/sluicemq/sluice/queue/httpapi"
+	"github.com/sluicemq/sluice/queue/httpapi/httpapitest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -46,21 +47,13 @@ func newEnv(t testing.TB, keys []httpapi.Key) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
-	h, err := httpapi.New(m, httpapi.Options{Keys: keys, Registerer: reg, MaxBodyBytes: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	h.Register(mux)
-	srv := httptest.NewServer(mux)
 	t.Cleanup(func() {
-		h.Close()
-		srv.Close()
 		if err := m.Close(); err != nil {
 			t.Errorf("close manager: %v", err)
 		}
 	})
+	reg := prometheus.NewRegistry()
+	h, srv := httpapitest.Serve(t, m, httpapi.Options{Keys: keys, Registerer: reg, MaxBodyBytes: 64 << 10})
 	return &env{m: m, h: h, srv: srv, reg: reg}
 }
 
