@@ -3,25 +3,19 @@ package mqtt
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluicemq/sluice/mqtt/mqtttest"
 )
 
 // testPKI is a CA, a server certificate for 127.0.0.1 and a client certificate with CN "device-7",
@@ -36,56 +30,13 @@ type testPKI struct {
 func newPKI(t testing.TB) testPKI {
 	t.Helper()
 	dir := t.TempDir()
-	mkCA := func(cn string) (*x509.Certificate, *ecdsa.PrivateKey) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-		der, err := x509.CreateCertificate(rand.Reader, tpl, tpl, &key.PublicKey, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, _ := x509.ParseCertificate(der)
-		return c, key
-	}
-	leaf := func(ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn string, server bool) ([]byte, *ecdsa.PrivateKey) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature}
-		if server {
-			tpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-			tpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-		} else {
-			tpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return der, key
-	}
-	write := func(name, typ string, b []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	ca, caKey := mkCA("test ca")
-	rogueCA, rogueKey := mkCA("rogue ca")
+	ca := mqtttest.NewCA(t, "test ca")
 	var p testPKI
-	p.caFile = write("ca.pem", "CERTIFICATE", ca.Raw)
-	sder, skey := leaf(ca, caKey, "127.0.0.1", true)
-	p.certFile = write("server.pem", "CERTIFICATE", sder)
-	kb, _ := x509.MarshalECPrivateKey(skey)
-	p.keyFile = write("server.key", "EC PRIVATE KEY", kb)
-	p.pool = x509.NewCertPool()
-	p.pool.AddCert(ca)
-	cder, ckey := leaf(ca, caKey, "device-7", false)
-	p.client = tls.Certificate{Certificate: [][]byte{cder}, PrivateKey: ckey}
-	rder, rkey := leaf(rogueCA, rogueKey, "device-7", false)
-	p.rogue = tls.Certificate{Certificate: [][]byte{rder}, PrivateKey: rkey}
+	p.caFile = ca.WriteFile(t, dir, "ca")
+	p.certFile, p.keyFile = ca.Issue(t, "127.0.0.1", x509.ExtKeyUsageServerAuth).WriteFiles(t, dir, "server")
+	p.pool = ca.Pool()
+	p.client = ca.Issue(t, "device-7", x509.ExtKeyUsageClientAuth).TLS()
+	p.rogue = mqtttest.NewCA(t, "rogue ca").Issue(t, "device-7", x509.ExtKeyUsageClientAuth).TLS()
 	return p
 }
 

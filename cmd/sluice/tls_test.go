@@ -2,15 +2,9 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -18,73 +12,18 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/sluicemq/sluice/mqtt/mqtttest"
 )
-
-type testCert struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	der  []byte
-}
-
-// newCert makes a certificate for cn signed by parent (nil: self-signed CA).
-func newCert(t *testing.T, cn string, parent *testCert, serverIP net.IP) *testCert {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-	}
-	signer, signerKey := tmpl, key
-	if parent == nil {
-		tmpl.IsCA, tmpl.BasicConstraintsValid = true, true
-	} else {
-		signer, signerKey = parent.cert, parent.key
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}
-		if serverIP != nil {
-			tmpl.IPAddresses = []net.IP{serverIP}
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, &key.PublicKey, signerKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCert{cert: c, key: key, der: der}
-}
-
-func (c *testCert) write(t *testing.T, dir, name string) (certFile, keyFile string) {
-	t.Helper()
-	kb, err := x509.MarshalECPrivateKey(c.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
-}
 
 // TestAppMutualTLS: a tls listener from the configuration with client-certificate verification and
 // certificate identity: a client with a certificate gets in without a password, one without does not.
 func TestAppMutualTLS(t *testing.T) {
 	dir := t.TempDir()
-	ca := newCert(t, "test ca", nil, nil)
-	caFile, _ := ca.write(t, dir, "ca")
-	srvCert, srvKey := newCert(t, "sluice", ca, net.ParseIP("127.0.0.1")).write(t, dir, "server")
-	alice := newCert(t, "alice", ca, nil)
+	ca := mqtttest.NewCA(t, "test ca")
+	caFile := ca.WriteFile(t, dir, "ca")
+	srvCert, srvKey := ca.Issue(t, "sluice", x509.ExtKeyUsageServerAuth).WriteFiles(t, dir, "server")
+	alice := ca.Issue(t, "alice", x509.ExtKeyUsageClientAuth)
 	p := filepath.Join(dir, "sluice.yaml")
 	cfg := fmt.Sprintf(`log: {format: json}
 mqtt:
@@ -108,13 +47,12 @@ bridge: {rules: []}
 		t.Errorf("http.address \"\" still opened %v", a.HTTPAddr())
 	}
 	addr := a.MQTTAddr("mqtts").String()
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
+	pool := ca.Pool()
 
 	dial := func(withCert bool) (*paho.Client, error) {
 		tc := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
 		if withCert {
-			tc.Certificates = []tls.Certificate{{Certificate: [][]byte{alice.der}, PrivateKey: alice.key}}
+			tc.Certificates = []tls.Certificate{alice.TLS()}
 		}
 		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, tc)
 		if err != nil {
