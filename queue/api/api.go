@@ -40,26 +40,24 @@ type Properties struct {
 // Message is a delivered message. Receipt identifies this delivery (lease) for Ack, Nack and Extend;
 // ID is stable across deliveries, so handlers can be idempotent.
 type Message struct {
-	ID         string     `json:"id"`
-	Receipt    string     `json:"receipt"`
-	Attempt    int        `json:"attempt"`
-	EnqueuedAt time.Time  `json:"enqueued_at"`
-	ReceivedAt time.Time  `json:"received_at"`
-	Topic      string     `json:"topic"`
-	ClientID   string     `json:"client_id"`
-	Username   string     `json:"username,omitempty"`
-	QoS        byte       `json:"qos"`
-	Retain     bool       `json:"retain"`
-	Properties Properties `json:"properties"`
-	Payload    []byte     `json:"payload"`
+	ID      string `json:"id"`
+	Receipt string `json:"receipt"`
+	Attempt int    `json:"attempt"`
+	Record
 }
 
 // DeadLetter is a message moved to a queue's dead-letter queue.
 type DeadLetter struct {
-	ID         string     `json:"id"`
-	Attempts   int        `json:"attempts"`
-	Reason     string     `json:"reason"`
-	DeadAt     time.Time  `json:"dead_at"`
+	ID       string    `json:"id"`
+	Attempts int       `json:"attempts"`
+	Reason   string    `json:"reason"`
+	DeadAt   time.Time `json:"dead_at"`
+	Record
+}
+
+// Record is what a delivered message and a dead letter share: the stored message. Its fields are
+// promoted (m.Topic, m.Payload) and, in JSON, inlined after the fields of the outer type.
+type Record struct {
 	EnqueuedAt time.Time  `json:"enqueued_at"`
 	ReceivedAt time.Time  `json:"received_at"`
 	Topic      string     `json:"topic"`

@@ -87,6 +87,8 @@ type (
 	Message = api.Message
 	// DeadLetter is a message moved to a queue's dead-letter queue.
 	DeadLetter = api.DeadLetter
+	// Record is what a Message and a DeadLetter share; its fields are promoted.
+	Record = api.Record
 	// NewMessage is a message to enqueue.
 	NewMessage = api.NewMessage
 	// Stats describe a queue.

@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"time"
+
 	"github.com/sluicemq/sluice/queue"
 	"github.com/sluicemq/sluice/queue/api"
 )
@@ -48,27 +50,27 @@ func fromWireProps(w api.Properties) queue.Properties {
 }
 
 func toWireMessage(d queue.Delivery) api.Message {
-	return api.Message{
-		ID:         d.ID,
-		Receipt:    d.Receipt,
-		Attempt:    d.Attempt,
-		EnqueuedAt: d.EnqueuedAt.UTC(),
-		ReceivedAt: d.ReceivedAt.UTC(),
-		Topic:      d.Topic,
-		ClientID:   d.ClientID,
-		Username:   d.Username,
-		QoS:        d.QoS,
-		Retain:     d.Retain,
-		Properties: toWireProps(d.Properties),
-		Payload:    nonNil(d.Payload),
-	}
+	return api.Message{ID: d.ID, Receipt: d.Receipt, Attempt: d.Attempt, Record: toWireRecord(d.EnqueuedAt, d.Message)}
 }
 
 func toWireDeadLetter(d queue.DeadLetter) api.DeadLetter {
 	return api.DeadLetter{
-		ID: d.ID, Attempts: d.Attempts, Reason: d.Reason, DeadAt: d.DeadAt.UTC(), EnqueuedAt: d.EnqueuedAt.UTC(),
-		ReceivedAt: d.ReceivedAt.UTC(), Topic: d.Topic, ClientID: d.ClientID, Username: d.Username, QoS: d.QoS,
-		Retain: d.Retain, Properties: toWireProps(d.Properties), Payload: nonNil(d.Payload),
+		ID: d.ID, Attempts: d.Attempts, Reason: d.Reason, DeadAt: d.DeadAt.UTC(),
+		Record: toWireRecord(d.EnqueuedAt, d.Message),
+	}
+}
+
+func toWireRecord(enqueuedAt time.Time, m queue.Message) api.Record {
+	return api.Record{
+		EnqueuedAt: enqueuedAt.UTC(),
+		ReceivedAt: m.ReceivedAt.UTC(),
+		Topic:      m.Topic,
+		ClientID:   m.ClientID,
+		Username:   m.Username,
+		QoS:        m.QoS,
+		Retain:     m.Retain,
+		Properties: toWireProps(m.Properties),
+		Payload:    nonNil(m.Payload),
 	}
 }
 
