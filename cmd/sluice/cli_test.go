@@ -152,10 +152,7 @@ func TestServeCheck(t *testing.T) {
 	if code != 0 || out != configs.EmbeddedName+": ok\n" {
 		t.Errorf("embedded: exit %d, stdout %q", code, out)
 	}
-	bad := filepath.Join(dir, "bad.yaml")
-	if err := os.WriteFile(bad, []byte("mqtt:\n  limits:\n    connect_timeout: soon\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	bad := writeText(t, dir, "bad.yaml", "mqtt:\n  limits:\n    connect_timeout: soon\n")
 	code, out, errOut = runCLI(t, "serve", "--config", bad, "--check")
 	want := "sluice serve: " + bad + `:3: key "connect_timeout" in section mqtt.limits: "soon" is not a duration (write a number with a unit: 500ms, 10s, 5m, 1h)` + "\n"
 	if code != 2 || out != "" || errOut != want {

@@ -70,14 +70,8 @@ func TestDevicesFleetFileAndOverride(t *testing.T) {
 
 func TestDevicesBadInput(t *testing.T) {
 	dir := t.TempDir()
-	fleet := filepath.Join(dir, "fleet.yaml")
-	if err := os.WriteFile(fleet, []byte("count: 2\nintervall: 1s\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	badDur := filepath.Join(dir, "dur.yaml")
-	if err := os.WriteFile(badDur, []byte("count: 2\ninterval: often\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	fleet := writeText(t, dir, "fleet.yaml", "count: 2\nintervall: 1s\n")
+	badDur := writeText(t, dir, "dur.yaml", "count: 2\ninterval: often\n")
 	closed := closedPort(t)
 	tests := []struct {
 		name     string

@@ -39,15 +39,6 @@ func runBin(t *testing.T, stdin string, args ...string) (int, string, string) {
 	return 0, out.String(), errb.String()
 }
 
-func writeText(t *testing.T, dir, name, text string) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // TestE2EConfigErrors: a bad configuration is exit code 2 and one line on stderr naming file and line,
 // never a stack trace.
 func TestE2EConfigErrors(t *testing.T) {

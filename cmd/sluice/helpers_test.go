@@ -73,6 +73,16 @@ func runCLI(t testing.TB, args ...string) (int, string, string) {
 	return code, out.String(), errb.String()
 }
 
+// writeText writes text to dir/name and returns its path.
+func writeText(t testing.TB, dir, name, text string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // testConfig writes a configuration for tests into dir: every listener on 127.0.0.1:0, JSON logs, data
 // under dir/data, no bridge rule. mqtt is the YAML of the mqtt section's extra keys (indented by 2).
 func testConfig(t testing.TB, dir, mqttExtra string) string {
@@ -87,11 +97,7 @@ http: {address: "127.0.0.1:0"}
 data_dir: %s
 bridge: {rules: []}
 `, mqttExtra, filepath.Join(dir, "data"))
-	p := filepath.Join(dir, "sluice.yaml")
-	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return writeText(t, dir, "sluice.yaml", cfg)
 }
 
 // waitFor polls cond until it is true or the deadline passes.

@@ -141,10 +141,7 @@ func TestLoadtestLossFailsTheRun(t *testing.T) {
 
 func TestLoadtestBadInput(t *testing.T) {
 	dir := t.TempDir()
-	bad := filepath.Join(dir, "s.yaml")
-	if err := os.WriteFile(bad, []byte("kind: fan-in\nrate: 100/s\npublisherz: 3\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	bad := writeText(t, dir, "s.yaml", "kind: fan-in\nrate: 100/s\npublisherz: 3\n")
 	closed := closedPort(t)
 	tests := []struct {
 		name     string

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -47,11 +46,7 @@ bridge:
     - {filter: "devices/+/telemetry", queue: telemetry}
     - {filter: "small/#", queue: small}
 `, testAPIKey, filepath.Join(dir, "data"))
-	p := filepath.Join(dir, "sluice.yaml")
-	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	a := startApp(t, p)
+	a := startApp(t, writeText(t, dir, "sluice.yaml", cfg))
 
 	nc, err := net.DialTimeout("tcp", a.MQTTAddr("tcp").String(), 5*time.Second)
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -46,11 +45,7 @@ bridge:
     - {filter: "devices/+/telemetry", queue: telemetry}
     - {filter: "small/#", queue: small}
 `, testAPIKey, filepath.Join(dir, "data"))
-	p := filepath.Join(dir, "sluice.yaml")
-	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return writeText(t, dir, "sluice.yaml", cfg)
 }
 
 func apiClient(httpAddr string) *client.Client {

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -24,7 +23,6 @@ func TestAppMutualTLS(t *testing.T) {
 	caFile := ca.WriteFile(t, dir, "ca")
 	srvCert, srvKey := ca.Issue(t, "sluice", x509.ExtKeyUsageServerAuth).WriteFiles(t, dir, "server")
 	alice := ca.Issue(t, "alice", x509.ExtKeyUsageClientAuth)
-	p := filepath.Join(dir, "sluice.yaml")
 	cfg := fmt.Sprintf(`log: {format: json}
 mqtt:
   listeners:
@@ -39,10 +37,7 @@ http: {address: ""}
 data_dir: %s
 bridge: {rules: []}
 `, srvCert, srvKey, caFile, filepath.Join(dir, "data"))
-	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	a := startApp(t, p)
+	a := startApp(t, writeText(t, dir, "sluice.yaml", cfg))
 	if a.HTTPAddr() != nil {
 		t.Errorf("http.address \"\" still opened %v", a.HTTPAddr())
 	}
