@@ -24,7 +24,7 @@ func (h *hook) Provides(b byte) bool {
 	case mochi.OnConnect, mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnSessionEstablish,
 		mochi.OnSessionEstablished, mochi.OnPacketRead, mochi.OnPacketSent, mochi.OnPublishDropped,
 		mochi.OnQosDropped, mochi.OnPacketEncode, mochi.OnQosPublish, mochi.OnQosComplete,
-		mochi.OnDisconnect, mochi.OnPublish:
+		mochi.OnDisconnect, mochi.OnPublish, mochi.OnSubscribe:
 		return true
 	}
 	return false
@@ -129,6 +129,29 @@ func (h *hook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
 		h.s.metrics.drop(dropNotRouted)
 	}
 	return ok
+}
+
+// invalidFilter replaces a SUBSCRIBE filter over the topic limits: mochi refuses it as an invalid
+// filter ('#' must be last), so the client gets 0x8F (MQTT 5) or 0x80 (3.1.1) for that filter
+// alone and nothing enters the topic tree.
+const invalidFilter = "#/"
+
+// OnSubscribe applies MaxTopicLength and MaxTopicLevels to SUBSCRIBE filters as to PUBLISH topics
+// (a shared subscription's levels are counted without its $share/NAME/ prefix).
+func (h *hook) OnSubscribe(cl *mochi.Client, pk packets.Packet) packets.Packet {
+	lim := &h.s.opts.Limits
+	for i, sub := range pk.Filters {
+		filter := sub.Filter
+		if strings.HasPrefix(filter, "$share/") {
+			if parts := strings.SplitN(filter, "/", 3); len(parts) == 3 {
+				filter = parts[2]
+			}
+		}
+		if len(sub.Filter) > lim.MaxTopicLength || strings.Count(filter, "/")+1 > lim.MaxTopicLevels {
+			pk.Filters[i].Filter = invalidFilter
+		}
+	}
+	return pk
 }
 
 // OnPacketRead enforces topic limits and the publish rate, and counts inbound messages.
