@@ -60,9 +60,27 @@
 // to their deadline. A damaged checkpoint or a damaged record in the middle of a log is a
 // *CorruptError (ErrCorrupt) and nothing is changed; a torn log tail is repaired by package wal.
 //
-// After a failed write or fsync a log refuses further writes (wal.ErrFailed): the queue's
-// operations then fail until the Manager is reopened, and nothing is acknowledged that is not
-// durable.
+// # Recovery from failed writes
+//
+// After a failed write or fsync (a full disk, an I/O error) a log refuses further writes
+// (wal.ErrFailed), and the queue's writes fail with an error wrapping wal.ErrFailed and the cause
+// (never ErrFull): nothing is acknowledged that is not durable. The failure is logged, and the
+// first operation on the queue one second (recoverEvery, on Options.Clock) after it reopens the
+// queue by itself: it closes the queue (operations in flight finish or fail; long polls carry on
+// with the reopened queue), reopens its logs (wal.Open repairs a torn tail) and rebuilds the index
+// as Open does. Operations that arrive meanwhile wait for it; other queues are not involved. If
+// the reopen fails, or the next write fails again, the queue tries again at most once a second,
+// and its operations fail with the error until then. Each successful reopen is logged and counted
+// (sluice_queue_recoveries_total{queue}). What a reopen does to the contract:
+//
+//   - Nothing acknowledged is lost or changed: the index is rebuilt from what is on disk.
+//   - A write reported failed may still have reached the disk (a failed fsync, for example), so a
+//     message whose Enqueue failed may appear after the reopen, and an Ack, Nack or Extend that
+//     failed may or may not have taken effect: at least once, as after a crash.
+//   - Receipts issued before the reopen are stale (ErrStaleReceipt): the reopened queue has
+//     another epoch. Leases taken before it run to their recorded deadline (or, if their record
+//     did not reach the disk, are lost), then their messages are delivered again.
+//   - Stats counters continue across the reopen.
 //
 // # How far acks can be lost
 //

@@ -28,9 +28,11 @@ type Manager struct {
 	metrics  *collector
 	walFS    func(string) wal.FS
 
-	mu     sync.RWMutex
-	queues map[string]*queue
-	closed bool
+	mu         sync.RWMutex
+	queues     map[string]*queue
+	recoveries map[string]uint64 // successful reopens after a failed write, per queue
+	closed     bool
+	reopens    sync.WaitGroup // reopens in progress; Close waits for them
 }
 
 // Open opens the data directory dir (creating it if needed), takes its lock file (ErrLocked if
@@ -52,13 +54,14 @@ func Open(dir string, opts Options) (*Manager, error) {
 		}
 	}
 	m := &Manager{
-		dir:      dir,
-		defaults: defaults,
-		log:      opts.Logger.With().Str("component", "queue").Logger(),
-		clock:    opts.Clock,
-		epoch:    rand.Uint32(),
-		queues:   make(map[string]*queue),
-		walFS:    opts.walFS,
+		dir:        dir,
+		defaults:   defaults,
+		log:        opts.Logger.With().Str("component", "queue").Logger(),
+		clock:      opts.Clock,
+		epoch:      rand.Uint32(),
+		queues:     make(map[string]*queue),
+		recoveries: make(map[string]uint64),
+		walFS:      opts.walFS,
 	}
 	if m.clock == nil {
 		m.clock = time.Now
@@ -149,6 +152,7 @@ func (m *Manager) Close() error {
 	}
 	m.closed = true
 	m.mu.Unlock()
+	m.reopens.Wait() // a reopen that ends now closes what it opened
 	if m.metrics != nil {
 		m.metrics.reg.Unregister(m.metrics)
 	}
@@ -197,22 +201,111 @@ func (m *Manager) Queues() []string {
 	return names
 }
 
-// get returns the queue and registers an operation on it; call q.exit() when done.
+// get returns the queue and registers an operation on it; call q.exit() when done. A queue whose
+// write failed is reopened here first when its retry time has come (see reopen); while another
+// caller reopens it, get waits.
 func (m *Manager) get(name string) (*queue, error) {
-	m.mu.RLock()
-	if m.closed {
+	for {
+		m.mu.RLock()
+		if m.closed {
+			m.mu.RUnlock()
+			return nil, ErrClosed
+		}
+		q, ok := m.queues[name]
 		m.mu.RUnlock()
-		return nil, ErrClosed
+		if !ok {
+			return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
+		}
+		if q.recoveryDue(m.clock().UnixNano()) {
+			if err := m.reopen(name, q); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		err := q.enter()
+		if errors.Is(err, errReopening) {
+			q.recMu.Lock() // held by the reopen: wait for it
+			q.recMu.Unlock()
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return q, nil
 	}
-	q, ok := m.queues[name]
-	m.mu.RUnlock()
-	if !ok {
-		return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
+}
+
+// reopen replaces queue old, one of whose logs failed a write (wal.ErrFailed), by the queue
+// reopened from disk: it closes old (waiting for its operations in flight and waking its long
+// polls, which retry on the new queue), reopens the logs (wal.Open repairs a torn tail) and
+// rebuilds the index as Open does. Leases of old are lost (their messages are delivered again)
+// and its receipts are stale: the new queue has another epoch. On failure old stays in place,
+// closed, and its operations return the error until the next try, recoverEvery later. It returns
+// nil when another caller replaced old meanwhile, or when no try is due any more.
+func (m *Manager) reopen(name string, old *queue) error {
+	old.recMu.Lock()
+	defer old.recMu.Unlock()
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return ErrClosed
 	}
-	if err := q.enter(); err != nil {
-		return nil, err
+	if m.queues[name] != old {
+		m.mu.Unlock()
+		return nil
 	}
-	return q, nil
+	m.reopens.Add(1)
+	m.mu.Unlock()
+	defer m.reopens.Done()
+
+	start := m.clock()
+	if !old.recoveryDue(start.UnixNano()) {
+		return nil // another caller tried and failed meanwhile
+	}
+	old.mu.Lock()
+	cause := old.failCause // the write error that started it
+	old.reopening = true
+	cfg, st := old.cfg, old.st
+	old.mu.Unlock()
+	if err := old.close(); err != nil {
+		old.log.Warn().Err(err).Msg("closing the failed queue reported errors")
+	}
+	q, err := openQueue(m, name, cfg)
+	if err != nil {
+		err = fmt.Errorf("queue %q: reopen after a failed write (%w): %w", name, cause, err)
+		old.log.Error().Err(err).Dur("retry_in", recoverEvery).Msg("reopen failed")
+		old.mu.Lock()
+		old.broken = err
+		old.nextTry = m.clock().UnixNano() + int64(recoverEvery)
+		old.reopening = false
+		old.mu.Unlock()
+		return err
+	}
+	q.epoch = old.epoch + 1 // receipts of old are stale; q is not shared yet
+	q.mu.Lock()
+	q.st = st // counters continue
+	q.mu.Unlock()
+
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		_ = q.close()
+		return ErrClosed
+	}
+	old.mu.Lock()
+	cfg = old.cfg // a Declare may have changed it meanwhile
+	old.mu.Unlock()
+	q.mu.Lock()
+	cfg.Sync = q.cfg.Sync
+	q.cfg = cfg
+	q.mu.Unlock()
+	m.queues[name] = q
+	m.recoveries[name]++
+	n := m.recoveries[name]
+	m.mu.Unlock()
+	q.log.Info().AnErr("cause", cause).Uint64("recoveries", n).Dur("took", m.clock().Sub(start)).
+		Msg("queue reopened after a failed write")
+	return nil
 }
 
 // Enqueue appends msgs to queue q and returns their ids, in order, once they are durable under
@@ -267,6 +360,16 @@ func (m *Manager) Receive(ctx context.Context, q string, maxMsgs int, lease time
 	if lease < 0 || lease > maxLease {
 		return nil, fmt.Errorf("%w: %v (want 0 for the queue default, or up to %v)", ErrInvalidLease, lease, maxLease)
 	}
+	for {
+		ds, err := m.receive(ctx, q, maxMsgs, lease)
+		if !errors.Is(err, errReopening) {
+			return ds, err
+		}
+		// The queue was reopened after a failed write while we waited: wait on the new one.
+	}
+}
+
+func (m *Manager) receive(ctx context.Context, q string, maxMsgs int, lease time.Duration) ([]Delivery, error) {
 	qu, err := m.get(q)
 	if err != nil {
 		return nil, err
@@ -281,8 +384,9 @@ func (m *Manager) Receive(ctx context.Context, q string, maxMsgs int, lease time
 		now = qu.now()
 		qu.mu.Lock()
 		if qu.closed {
+			err := qu.closedErr()
 			qu.mu.Unlock()
-			return nil, ErrClosed
+			return nil, err
 		}
 		qu.advance(now)
 		l := lease
@@ -316,7 +420,10 @@ func (m *Manager) Receive(ctx context.Context, q string, maxMsgs int, lease time
 		case <-ctx.Done():
 			return nil, nil
 		case <-qu.done:
-			return nil, ErrClosed
+			qu.mu.Lock()
+			err := qu.closedErr()
+			qu.mu.Unlock()
+			return nil, err
 		case <-ch:
 		}
 	}
@@ -343,7 +450,7 @@ func (m *Manager) Receive(ctx context.Context, q string, maxMsgs int, lease time
 		}
 		out = append(out, Delivery{
 			ID:         idString(r.id),
-			Receipt:    encodeReceipt(receipt{epoch: m.epoch, queue: qu.hash, index: g.index, attempt: g.attempt}),
+			Receipt:    encodeReceipt(receipt{epoch: qu.epoch, queue: qu.hash, index: g.index, attempt: g.attempt}),
 			Attempt:    int(g.attempt),
 			EnqueuedAt: time.Unix(0, r.enqueued),
 			Message:    r.msg,
@@ -368,7 +475,7 @@ func (m *Manager) leasedEntry(q *queue, s string) (uint64, *entry, error) {
 	if r.queue != q.hash {
 		return 0, nil, fmt.Errorf("%w: receipt of another queue", ErrInvalidReceipt)
 	}
-	if r.epoch != m.epoch {
+	if r.epoch != q.epoch {
 		return 0, nil, fmt.Errorf("%w: issued before the queue was reopened", ErrStaleReceipt)
 	}
 	if !q.src.idx.has(r.index) {

@@ -15,6 +15,7 @@ type collector struct {
 	ready, leased, delayed, dead, bytes, oldest             *prometheus.Desc
 	enqueued, acked, nacked, deadLettered, expired, dropped *prometheus.Desc
 	commits, committed, fsyncs, fsyncSeconds                *prometheus.Desc // per queue and log
+	recoveries                                              *prometheus.Desc
 }
 
 func newCollector(m *Manager) *collector {
@@ -41,6 +42,7 @@ func newCollector(m *Manager) *collector {
 		commits:      l("commits_total", "Group commits (one write and, under sync always, one fsync each) since open; records_total/commits_total is the mean batch."),
 		committed:    l("committed_records_total", "Records written by group commits since open."),
 		fsyncs:       l("fsyncs_total", "Fsyncs of the log's tail segment since open."),
+		recoveries:   d("recoveries_total", "Reopens of the queue after a failed write (disk full, I/O error) since the Manager opened."),
 		fsyncSeconds: l("fsync_seconds_total", "Time spent in those fsyncs; divided by fsyncs_total, the mean fsync latency."),
 	}
 }
@@ -48,7 +50,7 @@ func newCollector(m *Manager) *collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.ready, c.leased, c.delayed, c.dead, c.bytes, c.oldest,
 		c.enqueued, c.acked, c.nacked, c.deadLettered, c.expired, c.dropped,
-		c.commits, c.committed, c.fsyncs, c.fsyncSeconds} {
+		c.commits, c.committed, c.fsyncs, c.fsyncSeconds, c.recoveries} {
 		ch <- d
 	}
 }
@@ -56,10 +58,15 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	c.m.mu.RLock()
 	qs := make([]*queue, 0, len(c.m.queues))
-	for _, q := range c.m.queues {
+	recoveries := make(map[string]uint64, len(c.m.queues))
+	for name, q := range c.m.queues {
 		qs = append(qs, q)
+		recoveries[name] = c.m.recoveries[name]
 	}
 	c.m.mu.RUnlock()
+	for name, n := range recoveries { // also for a queue that is down, waiting for its next reopen
+		ch <- prometheus.MustNewConstMetric(c.recoveries, prometheus.CounterValue, float64(n), name)
+	}
 	for _, q := range qs {
 		if q.enter() != nil {
 			continue

@@ -27,7 +27,14 @@ const (
 	cpEveryTime   = 10 * time.Second // ...or this long after the last one when anything changed
 	maxTick       = time.Second      // the background loop wakes at least this often
 	moveBatch     = 256              // records per dead-letter or redrive append
+	// recoverEvery spaces the reopens of a failed queue (Manager clock), so that a disk that is
+	// still full is not hammered: the first reopen comes this long after the failure.
+	recoverEvery = time.Second
 )
+
+// errReopening is returned by enter while the queue is being reopened after a failed write; get
+// waits for the reopen and retries on the queue that replaced it. It never leaves the package.
+var errReopening = errors.New("queue: reopening")
 
 type dyingItem struct {
 	index  uint64
@@ -36,11 +43,12 @@ type dyingItem struct {
 
 // queue is one named queue: its messages, its dead letters and the goroutine that runs its timers.
 type queue struct {
-	m    *Manager
-	name string
-	hash uint32
-	dir  string
-	log  zerolog.Logger
+	m     *Manager
+	name  string
+	hash  uint32
+	epoch uint32 // in receipts: the Manager's epoch plus the number of reopens after failures
+	dir   string
+	log   zerolog.Logger
 
 	mu      sync.Mutex
 	cfg     Config
@@ -61,6 +69,16 @@ type queue struct {
 	lastCP  time.Time // wall time of the last checkpoint
 	st      counters
 	rates   rateMeter // guarded by mu
+
+	// Recovery after a failed write (guarded by mu): failCause is the first write error since
+	// open, nextTry the Manager-clock time (ns) from which get may reopen the queue, reopening is
+	// set when a reopen starts (and stays set on a queue that was replaced), broken holds the
+	// error of the last failed reopen (the queue is then closed and waits for the next try).
+	failCause error
+	nextTry   int64
+	reopening bool
+	broken    error
+	recMu     sync.Mutex // held during a reopen of this queue; get waits on it
 
 	ops      sync.WaitGroup // operations in flight; Close waits for them
 	done     chan struct{}  // closed by Close: wakes long polls
@@ -104,7 +122,7 @@ func (r *rateMeter) rates(now int64, c counters) (enq, ack, nack, dead float64) 
 func openQueue(m *Manager, name string, cfg Config) (*queue, error) {
 	dir := filepath.Join(m.dir, name)
 	q := &queue{
-		m: m, name: name, hash: nameHash(name), dir: dir, cfg: cfg,
+		m: m, name: name, hash: nameHash(name), epoch: m.epoch, dir: dir, cfg: cfg,
 		log:     m.log.With().Str("queue", name).Logger(),
 		notify:  make(chan struct{}),
 		done:    make(chan struct{}),
@@ -151,15 +169,40 @@ func openQueue(m *Manager, name string, cfg Config) (*queue, error) {
 
 func (q *queue) now() int64 { return q.m.clock().UnixNano() }
 
-// enter registers an operation; it fails once the queue is closed.
+// enter registers an operation; it fails once the queue is closed (errReopening while it is
+// being reopened, the reopen error while a failed reopen waits for its next try).
 func (q *queue) enter() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.reopening {
+		return errReopening
+	}
 	if q.closed {
+		if q.broken != nil {
+			return q.broken
+		}
 		return ErrClosed
 	}
 	q.ops.Add(1)
 	return nil
+}
+
+// closedErr is what an operation that finds the queue closed returns: errReopening when the
+// queue is being replaced (the operation may retry on the new one), else ErrClosed. Called with
+// mu held.
+func (q *queue) closedErr() error {
+	if q.reopening || q.broken != nil {
+		return errReopening
+	}
+	return ErrClosed
+}
+
+// recoveryDue reports whether a store failed (or the last reopen did) and a reopen may be tried
+// at now.
+func (q *queue) recoveryDue(now int64) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return !q.reopening && (q.failCause != nil || q.broken != nil) && now >= q.nextTry
 }
 
 func (q *queue) exit() { q.ops.Done() }
@@ -196,14 +239,21 @@ func (q *queue) writeEvents(s *store, ev []byte) error {
 	return nil
 }
 
-// fail marks s failed after a write error (not after Close).
+// fail marks s failed after a write error (not after Close). The first failure is logged and
+// schedules a reopen (get does it, recoverEvery later).
 func (q *queue) fail(s *store, err error) {
 	if errors.Is(err, wal.ErrClosed) {
 		return
 	}
 	q.mu.Lock()
+	defer q.mu.Unlock()
 	s.failed = true
-	q.mu.Unlock()
+	if q.failCause == nil {
+		q.failCause = err
+		q.nextTry = q.now() + int64(recoverEvery)
+		q.log.Error().Err(err).Str("dir", s.dir).Dur("retry_in", recoverEvery).
+			Msg("write failed; queue refuses writes until it is reopened")
+	}
 }
 
 // takePend moves the timer-produced events into ev; called with mu held.

@@ -9,7 +9,8 @@ import (
 // Receipt layout (25 bytes, base64url without padding: 34 characters):
 //
 //	0      version (1)
-//	1..4   epoch of the Manager that issued it (random per Open): receipts do not survive a restart
+//	1..4   epoch of the queue that issued it (random per Open, +1 per reopen after a failed write):
+//	       receipts do not survive a restart or a reopen
 //	5..8   CRC-32C of the queue name: a receipt of another queue is refused
 //	9..16  log index of the message
 //	17..20 attempt number of the delivery: a later delivery has a higher attempt, so an old

@@ -1,0 +1,373 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluicemq/sluice/queue/queuetest"
+	"github.com/sluicemq/sluice/wal"
+	"github.com/sluicemq/sluice/wal/waltest"
+)
+
+// recoverEnv is a Manager with queues "q" (its logs behind fault-injecting filesystems) and
+// "other" (no faults), on a manual clock.
+type recoverEnv struct {
+	t             *testing.T
+	m             *Manager
+	clock         *queuetest.Clock
+	reg           *prometheus.Registry
+	msgFS, ackFS  *waltest.FaultFS
+	acked         map[string]string // id → payload of every message whose Enqueue succeeded
+	ctx           context.Context
+	maybe         map[string]bool // payloads whose Enqueue failed but which may have been written
+	deliveredOnce map[string]bool
+}
+
+func newRecoverEnv(t *testing.T) *recoverEnv {
+	t.Helper()
+	e := &recoverEnv{
+		t: t, clock: queuetest.NewClock(time.Unix(1e9, 0)), reg: prometheus.NewRegistry(),
+		msgFS: &waltest.FaultFS{}, ackFS: &waltest.FaultFS{},
+		acked: map[string]string{}, maybe: map[string]bool{}, ctx: context.Background(),
+	}
+	opts := Options{Clock: e.clock.Now, Registerer: e.reg, Queues: map[string]Config{"q": {}, "other": {}}}
+	opts.walFS = func(p string) wal.FS {
+		switch {
+		case strings.HasSuffix(p, filepath.Join("q", logDir)):
+			return e.msgFS
+		case strings.HasSuffix(p, filepath.Join("q", acksDir)):
+			return e.ackFS
+		}
+		return nil
+	}
+	m, err := Open(t.TempDir(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.m = m
+	t.Cleanup(func() { _ = m.Close() })
+	return e
+}
+
+// enqueue enqueues one message with payload p to queue q and records it when it succeeds.
+func (e *recoverEnv) enqueue(q, p string) error {
+	ids, err := e.m.Enqueue(e.ctx, q, []Message{{Topic: "t", Payload: []byte(p)}})
+	if err == nil && q == "q" {
+		e.acked[ids[0]] = p
+	}
+	return err
+}
+
+// mustFail checks that an enqueue to "q" fails with an error wrapping wal.ErrFailed and the
+// injected cause, not ErrFull.
+func (e *recoverEnv) mustFail(p string) {
+	e.t.Helper()
+	err := e.enqueue("q", p)
+	if !errors.Is(err, wal.ErrFailed) || !errors.Is(err, waltest.ErrInjected) || errors.Is(err, ErrFull) {
+		e.t.Fatalf("Enqueue(%s) on a failed queue: %v; want an error wrapping wal.ErrFailed and the cause", p, err)
+	}
+	e.maybe[p] = true
+}
+
+// drain receives everything that is ready in "q" and checks it against what was acknowledged.
+func (e *recoverEnv) drain() []Delivery {
+	e.t.Helper()
+	done, cancel := context.WithCancel(e.ctx)
+	cancel() // a non-blocking poll
+	var all []Delivery
+	for {
+		ds, err := e.m.Receive(done, "q", 100, time.Minute)
+		if err != nil {
+			e.t.Fatalf("Receive: %v", err)
+		}
+		if len(ds) == 0 {
+			break
+		}
+		all = append(all, ds...)
+	}
+	seen := map[string]bool{}
+	for _, d := range all {
+		p := string(d.Payload)
+		if seen[d.ID] {
+			e.t.Errorf("message %s (%s) received twice in one drain", d.ID, p)
+		}
+		seen[d.ID] = true
+		if want, ok := e.acked[d.ID]; ok {
+			if want != p {
+				e.t.Errorf("message %s: payload %q, want %q", d.ID, p, want)
+			}
+		} else if !e.maybe[p] {
+			e.t.Errorf("message %s (%q) was never enqueued", d.ID, p)
+		}
+	}
+	for id, p := range e.acked {
+		if !seen[id] {
+			e.t.Errorf("acknowledged message %s (%q) lost", id, p)
+		}
+	}
+	return all
+}
+
+func (e *recoverEnv) recoveries() float64 {
+	e.t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "sluice_queue_recoveries_total" {
+			continue
+		}
+		for _, mt := range mf.GetMetric() {
+			if mt.GetLabel()[0].GetValue() == "q" {
+				return mt.GetCounter().GetValue()
+			}
+		}
+	}
+	e.t.Fatal("no sluice_queue_recoveries_total{queue=\"q\"}")
+	return 0
+}
+
+// TestRecoverAfterFailure fails a write or an fsync of queue q's message log or ack log: enqueues
+// fail with the cause (other queues work), and once the fault is gone the queue is reopened by the
+// first operation after the retry interval: every acknowledged message is there and receivable,
+// receipts from before are stale, leases from before become redeliveries.
+func TestRecoverAfterFailure(t *testing.T) {
+	tests := []struct {
+		name string
+		// fault turns the fault on (err) or off (nil) and then makes q's write hit it.
+		fault func(e *recoverEnv, err error)
+		acks  bool // the ack log fails: an Ack, not the enqueue, hits it
+	}{
+		{name: "message log write", fault: func(e *recoverEnv, err error) { e.msgFS.FailWrites(err) }},
+		{name: "message log fsync", fault: func(e *recoverEnv, err error) { e.msgFS.FailSyncs(err) }},
+		{name: "ack log write", fault: func(e *recoverEnv, err error) { e.ackFS.FailWrites(err) }, acks: true},
+		{name: "ack log fsync", fault: func(e *recoverEnv, err error) { e.ackFS.FailSyncs(err) }, acks: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newRecoverEnv(t)
+			for _, p := range []string{"a", "b", "c", "d"} {
+				if err := e.enqueue("q", p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			held, err := e.m.Receive(e.ctx, "q", 2, time.Minute) // a, b: leases held over the failure
+			if err != nil || len(held) != 2 {
+				t.Fatalf("Receive: %d, %v", len(held), err)
+			}
+			tt.fault(e, waltest.ErrInjected)
+			if tt.acks {
+				res, err := e.m.Ack("q", []string{held[0].Receipt})
+				if !errors.Is(err, wal.ErrFailed) || !errors.Is(err, waltest.ErrInjected) {
+					t.Fatalf("Ack on a failed ack log: %v, %v", res, err)
+				}
+				if res[0] == nil {
+					delete(e.acked, held[0].ID) // validated, not durable: may come back
+					e.maybe[string(held[0].Payload)] = true
+				}
+			}
+			if tt.acks { // enqueues do not write the ack log; settles do
+				if err := e.enqueue("q", "x"); err != nil {
+					t.Fatalf("Enqueue with a failed ack log: %v", err)
+				}
+				e.mustFailSettle(held[1].Receipt)
+			} else {
+				e.mustFail("x")
+			}
+			if err := e.enqueue("other", "o"); err != nil {
+				t.Fatalf("another queue fails with q: %v", err)
+			}
+			tt.fault(e, nil)
+			if tt.acks { // the retry interval has not passed: no reopen yet
+				e.mustFailSettle(held[1].Receipt)
+			} else {
+				e.mustFail("y")
+			}
+			e.clock.Advance(recoverEvery)
+			if err := e.enqueue("q", "z"); err != nil {
+				t.Fatalf("Enqueue after the fault is gone and the retry interval passed: %v", err)
+			}
+			if got := e.recoveries(); got != 1 {
+				t.Errorf("sluice_queue_recoveries_total = %v, want 1", got)
+			}
+			res, err := e.m.Ack("q", []string{held[1].Receipt})
+			if err != nil || !errors.Is(res[0], ErrStaleReceipt) {
+				t.Errorf("Ack with a receipt from before the reopen: %v, %v; want ErrStaleReceipt", res, err)
+			}
+			e.clock.Advance(2 * time.Minute) // past the leases taken before the failure
+			all := e.drain()
+			var rs []string
+			for _, d := range all {
+				if p := string(d.Payload); (p == "a" || p == "b") && d.Attempt < 2 {
+					t.Errorf("%s: attempt %d, want a redelivery (≥ 2)", p, d.Attempt)
+				}
+				rs = append(rs, d.Receipt)
+			}
+			res, err = e.m.Ack("q", rs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, r := range res {
+				if r != nil {
+					t.Errorf("Ack %s after the reopen: %v", all[k].Payload, r)
+				}
+			}
+			if st := e.mustStats(); st.Ready+st.Leased+st.Delayed != 0 {
+				t.Errorf("after acking everything: %+v", st)
+			}
+		})
+	}
+}
+
+// mustFailSettle checks that an Extend on "q" fails with an error wrapping wal.ErrFailed.
+func (e *recoverEnv) mustFailSettle(receipt string) {
+	e.t.Helper()
+	if _, err := e.m.Extend("q", []string{receipt}, time.Minute); !errors.Is(err, wal.ErrFailed) || !errors.Is(err, waltest.ErrInjected) {
+		e.t.Fatalf("Extend on a failed ack log: %v; want an error wrapping wal.ErrFailed and the cause", err)
+	}
+}
+
+func (e *recoverEnv) mustStats() Stats {
+	e.t.Helper()
+	st, err := e.m.Stats("q")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return st
+}
+
+// TestRecoverRetryInterval: while the disk keeps failing, the queue is reopened at most once per
+// retry interval, and every enqueue in between fails.
+func TestRecoverRetryInterval(t *testing.T) {
+	e := newRecoverEnv(t)
+	if err := e.enqueue("q", "a"); err != nil {
+		t.Fatal(err)
+	}
+	e.msgFS.FailWrites(waltest.ErrInjected)
+	for round := range 3 {
+		for k := range 5 {
+			e.mustFail(fmt.Sprintf("x%d.%d", round, k))
+		}
+		if got := e.recoveries(); got != float64(round) {
+			t.Fatalf("round %d: %v recoveries, want %d", round, got, round)
+		}
+		e.clock.Advance(recoverEvery / 2)
+		e.mustFail(fmt.Sprintf("half%d", round))
+		e.clock.Advance(recoverEvery / 2)
+	}
+	e.msgFS.FailWrites(nil)
+	if err := e.enqueue("q", "b"); err != nil {
+		t.Fatalf("after the fault: %v", err)
+	}
+	e.drain()
+}
+
+// TestRecoverConcurrent reopens a queue while producers, a long poll and settles run on it
+// (run with -race): they succeed or fail with an error, never panic or see ErrClosed; the long
+// poll continues on the reopened queue; nothing acknowledged is lost.
+func TestRecoverConcurrent(t *testing.T) {
+	e := newRecoverEnv(t)
+	ctx, cancel := context.WithTimeout(e.ctx, 20*time.Second)
+	defer cancel()
+
+	poll := make(chan []Delivery, 1)
+	pollErr := make(chan error, 1)
+	go func() { // long poll on the empty queue: woken by the reopen, it must keep waiting
+		ds, err := e.m.Receive(ctx, "q", 1, time.Minute)
+		pollErr <- err
+		poll <- ds
+	}()
+
+	waitFor(t, func() bool { // the long poll waits on the queue that is about to be reopened
+		q := e.queue("q")
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.waiters > 0
+	})
+
+	const producers, perProducer = 4, 50
+	var (
+		mu    sync.Mutex
+		acked = map[string]string{}
+		wg    sync.WaitGroup
+		bad   = make(chan error, producers*perProducer)
+	)
+	e.msgFS.FailWrites(waltest.ErrInjected)
+	for w := range producers {
+		wg.Go(func() {
+			for k := range perProducer {
+				p := fmt.Sprintf("w%d.%d", w, k)
+				ids, err := e.m.Enqueue(ctx, "q", []Message{{Topic: "t", Payload: []byte(p)}})
+				switch {
+				case err == nil:
+					mu.Lock()
+					acked[ids[0]] = p
+					mu.Unlock()
+				case errors.Is(err, ErrClosed) || errors.Is(err, errReopening) || errors.Is(err, ErrFull):
+					bad <- fmt.Errorf("Enqueue(%s): %w", p, err)
+				}
+				if w == 0 && k == perProducer/2 {
+					e.msgFS.FailWrites(nil)
+				}
+				if w == 0 {
+					e.clock.Advance(recoverEvery / 4)
+				}
+				if _, err := e.m.Stats("q"); err != nil && (errors.Is(err, ErrClosed) || errors.Is(err, errReopening)) {
+					bad <- fmt.Errorf("Stats: %w", err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(bad)
+	for err := range bad {
+		t.Error(err)
+	}
+	if e.recoveries() < 1 {
+		t.Fatal("no recovery")
+	}
+	if err := e.enqueue("q", "last"); err != nil {
+		t.Fatalf("Enqueue after the fault: %v", err)
+	}
+	if err := <-pollErr; err != nil {
+		t.Fatalf("long poll across the reopen: %v", err)
+	}
+	ds := <-poll
+	if len(ds) != 1 {
+		t.Fatalf("long poll across the reopen got %d messages", len(ds))
+	}
+	mu.Lock()
+	maps.Copy(e.acked, acked)
+	mu.Unlock()
+	// The long poll's message may be from before the reopen (its lease was then lost) or after:
+	// past its lease, drain receives it again with everything else.
+	e.clock.Advance(2 * time.Minute)
+	e.drain()
+}
+
+func (e *recoverEnv) queue(name string) *queue {
+	e.m.mu.RLock()
+	defer e.m.mu.RUnlock()
+	return e.m.queues[name]
+}
+
+// waitFor polls cond until it holds, failing the test after 10 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
