@@ -216,7 +216,7 @@ func (m *Manager) get(name string) (*queue, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
 		}
-		if q.recoveryDue(m.clock().UnixNano()) {
+		if q.down.Load() && q.recoveryDue(m.clock().UnixNano()) {
 			if err := m.reopen(name, q); err != nil {
 				return nil, err
 			}

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/xid"
@@ -78,7 +79,8 @@ type queue struct {
 	nextTry   int64
 	reopening bool
 	broken    error
-	recMu     sync.Mutex // held during a reopen of this queue; get waits on it
+	recMu     sync.Mutex  // held during a reopen of this queue; get waits on it
+	down      atomic.Bool // failCause or broken is set: lets get skip recoveryDue (and the clock) when all is well
 
 	ops      sync.WaitGroup // operations in flight; Close waits for them
 	done     chan struct{}  // closed by Close: wakes long polls
@@ -200,6 +202,9 @@ func (q *queue) closedErr() error {
 // recoveryDue reports whether a store failed (or the last reopen did) and a reopen may be tried
 // at now.
 func (q *queue) recoveryDue(now int64) bool {
+	if !q.down.Load() {
+		return false
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return !q.reopening && (q.failCause != nil || q.broken != nil) && now >= q.nextTry
@@ -250,6 +255,7 @@ func (q *queue) fail(s *store, err error) {
 	s.failed = true
 	if q.failCause == nil {
 		q.failCause = err
+		q.down.Store(true)
 		q.nextTry = q.now() + int64(recoverEvery)
 		q.log.Error().Err(err).Str("dir", s.dir).Dur("retry_in", recoverEvery).
 			Msg("write failed; queue refuses writes until it is reopened")

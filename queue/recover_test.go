@@ -18,9 +18,9 @@ import (
 	"github.com/sluicemq/sluice/wal/waltest"
 )
 
-// recoverEnv is a Manager with queues "q" (its logs behind fault-injecting filesystems) and
+// faultEnv is a Manager with queues "q" (its logs behind fault-injecting filesystems) and
 // "other" (no faults), on a manual clock.
-type recoverEnv struct {
+type faultEnv struct {
 	t             *testing.T
 	m             *Manager
 	clock         *queuetest.Clock
@@ -32,9 +32,9 @@ type recoverEnv struct {
 	deliveredOnce map[string]bool
 }
 
-func newRecoverEnv(t *testing.T) *recoverEnv {
+func newFaultEnv(t *testing.T) *faultEnv {
 	t.Helper()
-	e := &recoverEnv{
+	e := &faultEnv{
 		t: t, clock: queuetest.NewClock(time.Unix(1e9, 0)), reg: prometheus.NewRegistry(),
 		msgFS: &waltest.FaultFS{}, ackFS: &waltest.FaultFS{},
 		acked: map[string]string{}, maybe: map[string]bool{}, ctx: context.Background(),
@@ -59,7 +59,7 @@ func newRecoverEnv(t *testing.T) *recoverEnv {
 }
 
 // enqueue enqueues one message with payload p to queue q and records it when it succeeds.
-func (e *recoverEnv) enqueue(q, p string) error {
+func (e *faultEnv) enqueue(q, p string) error {
 	ids, err := e.m.Enqueue(e.ctx, q, []Message{{Topic: "t", Payload: []byte(p)}})
 	if err == nil && q == "q" {
 		e.acked[ids[0]] = p
@@ -69,7 +69,7 @@ func (e *recoverEnv) enqueue(q, p string) error {
 
 // mustFail checks that an enqueue to "q" fails with an error wrapping wal.ErrFailed and the
 // injected cause, not ErrFull.
-func (e *recoverEnv) mustFail(p string) {
+func (e *faultEnv) mustFail(p string) {
 	e.t.Helper()
 	err := e.enqueue("q", p)
 	if !errors.Is(err, wal.ErrFailed) || !errors.Is(err, waltest.ErrInjected) || errors.Is(err, ErrFull) {
@@ -79,7 +79,7 @@ func (e *recoverEnv) mustFail(p string) {
 }
 
 // drain receives everything that is ready in "q" and checks it against what was acknowledged.
-func (e *recoverEnv) drain() []Delivery {
+func (e *faultEnv) drain() []Delivery {
 	e.t.Helper()
 	done, cancel := context.WithCancel(e.ctx)
 	cancel() // a non-blocking poll
@@ -117,7 +117,7 @@ func (e *recoverEnv) drain() []Delivery {
 	return all
 }
 
-func (e *recoverEnv) recoveries() float64 {
+func (e *faultEnv) recoveries() float64 {
 	e.t.Helper()
 	mfs, err := e.reg.Gather()
 	if err != nil {
@@ -145,17 +145,17 @@ func TestRecoverAfterFailure(t *testing.T) {
 	tests := []struct {
 		name string
 		// fault turns the fault on (err) or off (nil) and then makes q's write hit it.
-		fault func(e *recoverEnv, err error)
+		fault func(e *faultEnv, err error)
 		acks  bool // the ack log fails: an Ack, not the enqueue, hits it
 	}{
-		{name: "message log write", fault: func(e *recoverEnv, err error) { e.msgFS.FailWrites(err) }},
-		{name: "message log fsync", fault: func(e *recoverEnv, err error) { e.msgFS.FailSyncs(err) }},
-		{name: "ack log write", fault: func(e *recoverEnv, err error) { e.ackFS.FailWrites(err) }, acks: true},
-		{name: "ack log fsync", fault: func(e *recoverEnv, err error) { e.ackFS.FailSyncs(err) }, acks: true},
+		{name: "message log write", fault: func(e *faultEnv, err error) { e.msgFS.FailWrites(err) }},
+		{name: "message log fsync", fault: func(e *faultEnv, err error) { e.msgFS.FailSyncs(err) }},
+		{name: "ack log write", fault: func(e *faultEnv, err error) { e.ackFS.FailWrites(err) }, acks: true},
+		{name: "ack log fsync", fault: func(e *faultEnv, err error) { e.ackFS.FailSyncs(err) }, acks: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newRecoverEnv(t)
+			e := newFaultEnv(t)
 			for _, p := range []string{"a", "b", "c", "d"} {
 				if err := e.enqueue("q", p); err != nil {
 					t.Fatal(err)
@@ -230,14 +230,14 @@ func TestRecoverAfterFailure(t *testing.T) {
 }
 
 // mustFailSettle checks that an Extend on "q" fails with an error wrapping wal.ErrFailed.
-func (e *recoverEnv) mustFailSettle(receipt string) {
+func (e *faultEnv) mustFailSettle(receipt string) {
 	e.t.Helper()
 	if _, err := e.m.Extend("q", []string{receipt}, time.Minute); !errors.Is(err, wal.ErrFailed) || !errors.Is(err, waltest.ErrInjected) {
 		e.t.Fatalf("Extend on a failed ack log: %v; want an error wrapping wal.ErrFailed and the cause", err)
 	}
 }
 
-func (e *recoverEnv) mustStats() Stats {
+func (e *faultEnv) mustStats() Stats {
 	e.t.Helper()
 	st, err := e.m.Stats("q")
 	if err != nil {
@@ -249,7 +249,7 @@ func (e *recoverEnv) mustStats() Stats {
 // TestRecoverRetryInterval: while the disk keeps failing, the queue is reopened at most once per
 // retry interval, and every enqueue in between fails.
 func TestRecoverRetryInterval(t *testing.T) {
-	e := newRecoverEnv(t)
+	e := newFaultEnv(t)
 	if err := e.enqueue("q", "a"); err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +276,7 @@ func TestRecoverRetryInterval(t *testing.T) {
 // (run with -race): they succeed or fail with an error, never panic or see ErrClosed; the long
 // poll continues on the reopened queue; nothing acknowledged is lost.
 func TestRecoverConcurrent(t *testing.T) {
-	e := newRecoverEnv(t)
+	e := newFaultEnv(t)
 	ctx, cancel := context.WithTimeout(e.ctx, 20*time.Second)
 	defer cancel()
 
@@ -355,7 +355,7 @@ func TestRecoverConcurrent(t *testing.T) {
 	e.drain()
 }
 
-func (e *recoverEnv) queue(name string) *queue {
+func (e *faultEnv) queue(name string) *queue {
 	e.m.mu.RLock()
 	defer e.m.mu.RUnlock()
 	return e.m.queues[name]
@@ -369,5 +369,52 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not reached in 10s")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// BenchmarkReopenAfterFailure measures how long a queue with a backlog of 256-byte messages is
+// down for its reopen after a failed write: one op is one failed write, then the enqueue that
+// reopens the queue and succeeds.
+func BenchmarkReopenAfterFailure(b *testing.B) {
+	for _, backlog := range []int{1000, 100000} {
+		b.Run(fmt.Sprintf("backlog=%d", backlog), func(b *testing.B) {
+			clock := queuetest.NewClock(time.Unix(1e9, 0))
+			fsys := &waltest.FaultFS{}
+			opts := Options{Clock: clock.Now, Queues: map[string]Config{"q": {}}}
+			opts.walFS = func(p string) wal.FS {
+				if strings.HasSuffix(p, filepath.Join("q", logDir)) {
+					return fsys
+				}
+				return nil
+			}
+			m, err := Open(b.TempDir(), opts)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer m.Close()
+			ctx := context.Background()
+			msgs := make([]Message, 1000)
+			for k := range msgs {
+				msgs[k] = Message{Topic: "t", Payload: make([]byte, 256)}
+			}
+			for n := 0; n < backlog; n += len(msgs) {
+				if _, err := m.Enqueue(ctx, "q", msgs); err != nil {
+					b.Fatal(err)
+				}
+			}
+			one := msgs[:1]
+			b.ReportAllocs()
+			for b.Loop() {
+				fsys.FailWrites(waltest.ErrInjected)
+				if _, err := m.Enqueue(ctx, "q", one); err == nil {
+					b.Fatal("enqueue did not fail")
+				}
+				fsys.FailWrites(nil)
+				clock.Advance(recoverEvery)
+				if _, err := m.Enqueue(ctx, "q", one); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
