@@ -272,6 +272,71 @@ func TestRecoverRetryInterval(t *testing.T) {
 	e.drain()
 }
 
+// TestRecoverReopenFails: when the reopen itself fails (here wal.Open's directory fsync), the
+// queue's operations fail with an error wrapping the write error and the reopen's, not ErrClosed;
+// the reopen is tried again once per retry interval, and succeeds once the fault is gone.
+func TestRecoverReopenFails(t *testing.T) {
+	e := newFaultEnv(t)
+	if err := e.enqueue("q", "a"); err != nil {
+		t.Fatal(err)
+	}
+	e.msgFS.FailWrites(waltest.ErrInjected)
+	e.msgFS.FailDirSyncs(waltest.ErrInjected)
+	e.mustFail("x")
+	tries := func() int { _, _, n := e.msgFS.Counts(); return n }
+	for round := range 2 {
+		e.clock.Advance(recoverEvery)
+		before := tries()
+		e.mustFail(fmt.Sprintf("y%d", round)) // the reopen fails
+		if tries() == before || e.recoveries() != 0 {
+			t.Fatalf("round %d: want a reopen tried and failed (%d directory fsyncs, %v recoveries)", round, tries()-before, e.recoveries())
+		}
+		before = tries()
+		e.mustFail(fmt.Sprintf("z%d", round))
+		_, rerr := e.m.Receive(e.ctx, "q", 1, 0)
+		_, serr := e.m.Stats("q")
+		for _, err := range []error{rerr, serr} {
+			if !errors.Is(err, waltest.ErrInjected) || errors.Is(err, ErrClosed) {
+				t.Errorf("round %d: an operation on a queue whose reopen failed: %v", round, err)
+			}
+		}
+		if tries() != before {
+			t.Fatalf("round %d: reopen tried again before the retry interval", round)
+		}
+	}
+	e.msgFS.FailWrites(nil)
+	e.msgFS.FailDirSyncs(nil)
+	e.clock.Advance(recoverEvery)
+	if err := e.enqueue("q", "b"); err != nil {
+		t.Fatalf("after the fault: %v", err)
+	}
+	if got := e.recoveries(); got != 1 {
+		t.Errorf("%v recoveries, want 1", got)
+	}
+	e.drain()
+}
+
+// TestCloseWhileDown closes a Manager whose queue waits for its next reopen try: Close returns,
+// nothing leaks (goleak), and the data opens again.
+func TestCloseWhileDown(t *testing.T) {
+	e := newFaultEnv(t)
+	if err := e.enqueue("q", "a"); err != nil {
+		t.Fatal(err)
+	}
+	e.msgFS.FailWrites(waltest.ErrInjected)
+	e.msgFS.FailDirSyncs(waltest.ErrInjected)
+	e.mustFail("x")
+	e.clock.Advance(recoverEvery)
+	e.mustFail("y")
+	_ = e.m.Close() // reports the failure
+	if err := e.m.Close(); !errors.Is(err, ErrClosed) {
+		t.Errorf("second Close: %v", err)
+	}
+	if _, err := e.m.Enqueue(e.ctx, "q", []Message{{Payload: []byte("z")}}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Enqueue after Close: %v", err)
+	}
+}
+
 // TestRecoverConcurrent reopens a queue while producers, a long poll and settles run on it
 // (run with -race): they succeed or fail with an error, never panic or see ErrClosed; the long
 // poll continues on the reopened queue; nothing acknowledged is lost.
