@@ -258,18 +258,21 @@ func (m *Manager) reopen(name string, old *queue) error {
 	m.mu.Unlock()
 	defer m.reopens.Done()
 
-	start := m.clock()
-	if !old.recoveryDue(start.UnixNano()) {
+	t0 := time.Now() // for the log: how long the queue was closed
+	if !old.recoveryDue(m.clock().UnixNano()) {
 		return nil // another caller tried and failed meanwhile
 	}
 	old.mu.Lock()
 	cause := old.failCause // the write error that started it
 	old.reopening = true
-	cfg, st := old.cfg, old.st
+	cfg := old.cfg
 	old.mu.Unlock()
 	if err := old.close(); err != nil {
 		old.log.Warn().Err(err).Msg("closing the failed queue reported errors")
 	}
+	old.mu.Lock()
+	st := old.st // final: close waited for the operations and the goroutine
+	old.mu.Unlock()
 	q, err := openQueue(m, name, cfg)
 	if err != nil {
 		err = fmt.Errorf("queue %q: reopen after a failed write (%w): %w", name, cause, err)
@@ -303,7 +306,7 @@ func (m *Manager) reopen(name string, old *queue) error {
 	m.recoveries[name]++
 	n := m.recoveries[name]
 	m.mu.Unlock()
-	q.log.Info().AnErr("cause", cause).Uint64("recoveries", n).Dur("took", m.clock().Sub(start)).
+	q.log.Info().AnErr("cause", cause).Uint64("recoveries", n).Dur("took", time.Since(t0)).
 		Msg("queue reopened after a failed write")
 	return nil
 }

@@ -200,6 +200,9 @@ func TestRecoverAfterFailure(t *testing.T) {
 			if got := e.recoveries(); got != 1 {
 				t.Errorf("sluice_queue_recoveries_total = %v, want 1", got)
 			}
+			if st := e.mustStats(); st.Enqueued < 5 {
+				t.Errorf("Stats.Enqueued after the reopen = %d, want the count to continue (≥ 5)", st.Enqueued)
+			}
 			res, err := e.m.Ack("q", []string{held[1].Receipt})
 			if err != nil || !errors.Is(res[0], ErrStaleReceipt) {
 				t.Errorf("Ack with a receipt from before the reopen: %v, %v; want ErrStaleReceipt", res, err)
