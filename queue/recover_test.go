@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
 
 	"github.com/sluicemq/sluice/queue/queuetest"
 	"github.com/sluicemq/sluice/wal"
@@ -21,15 +23,39 @@ import (
 // faultEnv is a Manager with queues "q" (its logs behind fault-injecting filesystems) and
 // "other" (no faults), on a manual clock.
 type faultEnv struct {
-	t             *testing.T
-	m             *Manager
-	clock         *queuetest.Clock
-	reg           *prometheus.Registry
-	msgFS, ackFS  *waltest.FaultFS
-	acked         map[string]string // id → payload of every message whose Enqueue succeeded
-	ctx           context.Context
-	maybe         map[string]bool // payloads whose Enqueue failed but which may have been written
-	deliveredOnce map[string]bool
+	t            *testing.T
+	m            *Manager
+	clock        *queuetest.Clock
+	reg          *prometheus.Registry
+	msgFS, ackFS *waltest.FaultFS
+	acked        map[string]string // id → payload of every message whose Enqueue succeeded
+	ctx          context.Context
+	maybe        map[string]bool // payloads whose Enqueue failed but which may have been written
+	logs         lockedBuffer
+}
+
+// lockedBuffer collects log lines written from several goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// line returns the first logged JSON line that contains every part, or "".
+func (l *lockedBuffer) line(parts ...string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for ln := range strings.Lines(l.b.String()) {
+		if !slices.ContainsFunc(parts, func(p string) bool { return !strings.Contains(ln, p) }) {
+			return ln
+		}
+	}
+	return ""
 }
 
 func newFaultEnv(t *testing.T) *faultEnv {
@@ -39,7 +65,8 @@ func newFaultEnv(t *testing.T) *faultEnv {
 		msgFS: &waltest.FaultFS{}, ackFS: &waltest.FaultFS{},
 		acked: map[string]string{}, maybe: map[string]bool{}, ctx: context.Background(),
 	}
-	opts := Options{Clock: e.clock.Now, Registerer: e.reg, Queues: map[string]Config{"q": {}, "other": {}}}
+	opts := Options{Clock: e.clock.Now, Registerer: e.reg, Logger: zerolog.New(&e.logs),
+		Queues: map[string]Config{"q": {}, "other": {}}}
 	opts.walFS = func(p string) wal.FS {
 		switch {
 		case strings.HasSuffix(p, filepath.Join("q", logDir)):
@@ -199,6 +226,14 @@ func TestRecoverAfterFailure(t *testing.T) {
 			}
 			if got := e.recoveries(); got != 1 {
 				t.Errorf("sluice_queue_recoveries_total = %v, want 1", got)
+			}
+			for _, want := range [][]string{
+				{`"level":"error"`, `"component":"queue"`, `"queue":"q"`, `"error":"wal: failed: `, "injected fault", "queue refuses writes until it is reopened"},
+				{`"level":"info"`, `"component":"queue"`, `"queue":"q"`, `"cause":"wal: failed: `, `"recoveries":1`, "queue reopened after a failed write"},
+			} {
+				if e.logs.line(want...) == "" {
+					t.Errorf("no log line with %q", want)
+				}
 			}
 			if st := e.mustStats(); st.Enqueued < 5 {
 				t.Errorf("Stats.Enqueued after the reopen = %d, want the count to continue (≥ 5)", st.Enqueued)
