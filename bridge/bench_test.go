@@ -5,7 +5,6 @@ import (
 	"cmp"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"github.com/HdrHistogram/hdrhistogram-go"
 
 	"github.com/sluicemq/sluice/bridge"
+	"github.com/sluicemq/sluice/mqtt/mqtttest"
 	"github.com/sluicemq/sluice/queue"
 )
 
@@ -56,52 +56,17 @@ func dialRaw(tb testing.TB, addr, id, topic string, payload []byte) *rawConn {
 	idAt := len(pb)
 	pb = append(pb, 0, 0, 0)
 	pb = append(pb, payload...)
-	hdr := appendHeader(nil, 0x32, len(pb))
+	hdr := mqtttest.AppendHeader(nil, 0x32, len(pb))
 	rc.pkt = append(hdr, pb...)
 	rc.off = len(hdr) + idAt
 	return rc
 }
 
-func appendHeader(b []byte, typ byte, n int) []byte {
-	b = append(b, typ)
-	for {
-		c := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			c |= 0x80
-		}
-		b = append(b, c)
-		if n == 0 {
-			return b
-		}
-	}
-}
-
-func (rc *rawConn) writePacket(typ byte, body []byte) {
-	_, _ = rc.bw.Write(appendHeader(nil, typ, len(body)))
-	_, _ = rc.bw.Write(body)
-}
+func (rc *rawConn) writePacket(typ byte, body []byte) { mqtttest.WritePacket(rc.bw, typ, body) }
 
 func (rc *rawConn) readPacket() (typ byte, body []byte, err error) {
-	h, err := rc.br.ReadByte()
-	if err != nil {
-		return 0, nil, err
-	}
-	n, mult := 0, 1
-	for {
-		c, err := rc.br.ReadByte()
-		if err != nil {
-			return 0, nil, err
-		}
-		n += int(c&0x7f) * mult
-		if c&0x80 == 0 {
-			break
-		}
-		mult *= 128
-	}
-	body = make([]byte, n)
-	_, err = io.ReadFull(rc.br, body)
-	return h >> 4, body, err
+	first, body, err := mqtttest.ReadPacket(rc.br)
+	return first >> 4, body, err
 }
 
 // run publishes n messages keeping up to window in flight. With interval > 0 it publishes

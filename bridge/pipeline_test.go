@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicemq/sluice/bridge"
 	"github.com/sluicemq/sluice/mqtt"
+	"github.com/sluicemq/sluice/mqtt/mqtttest"
 )
 
 // publishPacket encodes an MQTT 5 QoS 1 PUBLISH.
@@ -22,7 +23,7 @@ func publishPacket(topic string, id uint16, payload []byte) []byte {
 	pb = binary.BigEndian.AppendUint16(pb, id)
 	pb = append(pb, 0)
 	pb = append(pb, payload...)
-	return append(appendHeader(nil, 0x32, len(pb)), pb...)
+	return append(mqtttest.AppendHeader(nil, 0x32, len(pb)), pb...)
 }
 
 // TestPipelineKeepsOrder: one connection with 100 publishes in flight, alternating a bridged and an

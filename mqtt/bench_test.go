@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluicemq/sluice/mqtt/mqtttest"
 )
 
 // The benchmarks drive the broker through its real TCP listener with lean raw MQTT 5 clients (a
@@ -55,7 +57,7 @@ func rawDial(tb testing.TB, addr, id string, expiry uint32, recvMax uint16) *raw
 	vh = append(vh, props...)
 	vh = append(vh, byte(len(id)>>8), byte(len(id)))
 	vh = append(vh, id...)
-	c.bw.Write(append([]byte{0x10}, encodeLen(len(vh))...))
+	c.bw.Write(mqtttest.AppendHeader(nil, 0x10, len(vh)))
 	c.bw.Write(vh)
 	c.bw.Flush()
 	_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -67,34 +69,14 @@ func rawDial(tb testing.TB, addr, id string, expiry uint32, recvMax uint16) *raw
 	return c
 }
 
-func (c *rawClient) readPacket() (byte, []byte, error) {
-	h, err := c.br.ReadByte()
-	if err != nil {
-		return 0, nil, err
-	}
-	n, mul := 0, 1
-	for {
-		b, err := c.br.ReadByte()
-		if err != nil {
-			return 0, nil, err
-		}
-		n += int(b&0x7f) * mul
-		if b&0x80 == 0 {
-			break
-		}
-		mul *= 128
-	}
-	body := make([]byte, n)
-	_, err = io.ReadFull(c.br, body)
-	return h, body, err
-}
+func (c *rawClient) readPacket() (byte, []byte, error) { return mqtttest.ReadPacket(c.br) }
 
 func (c *rawClient) subscribe(tb testing.TB, filter string, qos byte) {
 	tb.Helper()
 	p := []byte{0, 1, 0, byte(len(filter) >> 8), byte(len(filter))}
 	p = append(p, filter...)
 	p = append(p, qos)
-	c.bw.Write(append([]byte{0x82}, encodeLen(len(p))...))
+	c.bw.Write(mqtttest.AppendHeader(nil, 0x82, len(p)))
 	c.bw.Write(p)
 	c.bw.Flush()
 	typ, body, err := c.readPacket()
@@ -109,8 +91,7 @@ func appendPublish(dst []byte, topic string, qos byte, id uint16, payload []byte
 	if qos > 0 {
 		rem += 2
 	}
-	dst = append(dst, 0x30|qos<<1)
-	dst = append(dst, encodeLen(rem)...)
+	dst = mqtttest.AppendHeader(dst, 0x30|qos<<1, rem)
 	dst = append(dst, byte(len(topic)>>8), byte(len(topic)))
 	dst = append(dst, topic...)
 	if qos > 0 {

@@ -10,6 +10,8 @@ import (
 
 	paho "github.com/eclipse/paho.golang/paho"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluicemq/sluice/mqtt/mqtttest"
 )
 
 // rawConnect opens a TCP connection, sends an MQTT CONNECT (version 4 or 5) and reads the CONNACK.
@@ -56,22 +58,7 @@ func publishPacket(version byte, topic []byte, payload []byte) []byte {
 		b.WriteByte(0)
 	}
 	b.Write(payload)
-	return append([]byte{0x30}, append(encodeLen(b.Len()), b.Bytes()...)...)
-}
-
-func encodeLen(n int) []byte {
-	var out []byte
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		out = append(out, d)
-		if n == 0 {
-			return out
-		}
-	}
+	return append(mqtttest.AppendHeader(nil, 0x30, b.Len()), b.Bytes()...)
 }
 
 // expectClose reads until the server closes nc and returns what it sent before.

@@ -5,9 +5,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"testing"
 	"time"
+
+	"github.com/sluicemq/sluice/mqtt/mqtttest"
 )
 
 // qos2Publish encodes a QoS 2 PUBLISH (MQTT 3.1.1 or 5) with the given packet id and DUP flag.
@@ -24,30 +25,13 @@ func qos2Publish(version byte, topic string, id uint16, dup bool, payload string
 	if dup {
 		h |= 0x08
 	}
-	return append(append([]byte{h}, encodeLen(b.Len())...), b.Bytes()...)
+	return append(mqtttest.AppendHeader(nil, h, b.Len()), b.Bytes()...)
 }
 
 // readRaw reads one packet: its type and body.
 func readRaw(r *bufio.Reader) (byte, []byte, error) {
-	h, err := r.ReadByte()
-	if err != nil {
-		return 0, nil, err
-	}
-	n, mult := 0, 1
-	for {
-		c, err := r.ReadByte()
-		if err != nil {
-			return 0, nil, err
-		}
-		n += int(c&0x7f) * mult
-		if c&0x80 == 0 {
-			break
-		}
-		mult *= 128
-	}
-	body := make([]byte, n)
-	_, err = io.ReadFull(r, body)
-	return h >> 4, body, err
+	first, body, err := mqtttest.ReadPacket(r)
+	return first >> 4, body, err
 }
 
 // TestQoS2Resend: a QoS 2 PUBLISH resent (DUP=1, or even without DUP) before PUBREL is answered

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sluicemq/sluice/mqtt"
+	"github.com/sluicemq/sluice/mqtt/mqtttest"
 	"github.com/sluicemq/sluice/queue/client"
 )
 
@@ -59,7 +59,7 @@ bridge:
 	// CONNECT v5: clean start, keep-alive 60, Receive Maximum is the server's to enforce (we send
 	// at most its default of 256).
 	vh := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 5, 0x02, 0, 60, 0, 0, byte(len(id))}, id...)
-	writeMQTT(bw, 0x10, vh)
+	mqtttest.WritePacket(bw, 0x10, vh)
 	if err := bw.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ bridge:
 		pb = binary.BigEndian.AppendUint16(pb, uint16(i+1))
 		pb = append(pb, 0)
 		pb = append(pb, strconv.Itoa(i)...)
-		writeMQTT(bw, 0x32, pb)
+		mqtttest.WritePacket(bw, 0x32, pb)
 	}
 	if err := bw.Flush(); err != nil {
 		t.Fatal(err)
@@ -140,43 +140,9 @@ bridge:
 	}
 }
 
-func writeMQTT(w *bufio.Writer, typ byte, body []byte) {
-	_ = w.WriteByte(typ)
-	n := len(body)
-	for {
-		c := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			c |= 0x80
-		}
-		_ = w.WriteByte(c)
-		if n == 0 {
-			break
-		}
-	}
-	_, _ = w.Write(body)
-}
-
 func readMQTT(r *bufio.Reader) (typ byte, body []byte, err error) {
-	h, err := r.ReadByte()
-	if err != nil {
-		return 0, nil, err
-	}
-	n, mult := 0, 1
-	for {
-		c, err := r.ReadByte()
-		if err != nil {
-			return 0, nil, err
-		}
-		n += int(c&0x7f) * mult
-		if c&0x80 == 0 {
-			break
-		}
-		mult *= 128
-	}
-	body = make([]byte, n)
-	_, err = io.ReadFull(r, body)
-	return h >> 4, body, err
+	first, body, err := mqtttest.ReadPacket(r)
+	return first >> 4, body, err
 }
 
 // TestQueuesStartedLine: startQueues says in one line, under component=queues, that acks are

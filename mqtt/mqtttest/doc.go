@@ -1,10 +1,11 @@
-// Package mqtttest holds helpers for tests that speak MQTT over TLS: a throwaway certificate
-// authority (NewCA) that issues certificates for 127.0.0.1 (CA.Issue), as values for tls.Config
-// and as PEM files for listener and client configuration.
+// Package mqtttest holds helpers for tests that speak MQTT: a throwaway certificate authority
+// (NewCA) that issues certificates for 127.0.0.1 (CA.Issue), as values for tls.Config and as PEM
+// files for listener and client configuration; and raw packet framing (AppendHeader, WritePacket,
+// ReadPacket) for tests that drive a broker byte by byte.
 //
-// It lives under mqtt/ because TLS listeners are mqtt's; tests of mqtt, bridge, devices and
-// cmd/sluice import it, always from _test.go files. It imports only the standard library, so a
-// test that uses it pulls in nothing of the broker (devices' simulated fleets stay broker-free).
+// It lives under mqtt/ because listeners and the wire protocol are mqtt's; tests of mqtt, bridge,
+// devices and cmd/sluice import it, always from _test.go files. It imports only the standard
+// library, so a test that uses it pulls in nothing of the broker (devices stays broker-free).
 //
 // # Concurrency
 //
