@@ -213,6 +213,7 @@ func (cli *queueCLI) stats(ctx context.Context, pos []string, asJSON bool) error
 		{"bytes", s.Bytes}, {"oldest", time.Duration(s.OldestAgeMS) * time.Millisecond},
 		{"enqueued", s.Enqueued}, {"acked", s.Acked}, {"nacked", s.Nacked}, {"dead_lettered", s.DeadLettered},
 		{"expired", s.Expired}, {"dropped", s.Dropped},
+		{"rates", fmt.Sprintf("enqueue %.1f/s, ack %.1f/s, nack %.1f/s, dead-letter %.1f/s", s.EnqueueRate, s.AckRate, s.NackRate, s.DeadLetterRate)},
 	} {
 		fmt.Fprintf(tw, "%s:\t%v\n", kv.k, kv.v)
 	}

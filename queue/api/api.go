@@ -93,6 +93,11 @@ type Stats struct {
 	DeadLettered uint64 `json:"dead_lettered"`
 	Expired      uint64 `json:"expired"`
 	Dropped      uint64 `json:"dropped"`
+	// Per-second rates over the last 10 to 20 s.
+	EnqueueRate    float64 `json:"enqueue_rate"`
+	AckRate        float64 `json:"ack_rate"`
+	NackRate       float64 `json:"nack_rate"`
+	DeadLetterRate float64 `json:"dead_letter_rate"`
 }
 
 // ListResponse answers GET /v1/queues.

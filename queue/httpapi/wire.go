@@ -87,5 +87,6 @@ func toWireStats(s queue.Stats) api.Stats {
 		Bytes: s.Bytes, OldestAgeMS: s.OldestAge.Milliseconds(),
 		Enqueued: s.Enqueued, Acked: s.Acked, Nacked: s.Nacked, DeadLettered: s.DeadLettered,
 		Expired: s.Expired, Dropped: s.Dropped,
+		EnqueueRate: s.EnqueueRate, AckRate: s.AckRate, NackRate: s.NackRate, DeadLetterRate: s.DeadLetterRate,
 	}
 }
