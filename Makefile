@@ -8,7 +8,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 FUZZTIME  ?= 20s
 TESTFLAGS ?=
 
-.PHONY: all build run test bench bench-compare chaos lint fuzz cross clean
+.PHONY: all build run test test-deps bench bench-compare chaos lint fuzz cross clean
 
 all: build
 
@@ -19,9 +19,17 @@ build:
 run: build
 	./$(BIN) serve
 
-## test: the whole suite, with the race detector.
-test:
-	$(GO) test -race -count=1 -timeout 30m $(TESTFLAGS) ./...
+## test: the whole suite, with the race detector. Tests that use Mosquitto as a peer fail (never skip)
+## when it is missing, so test-deps installs it from Debian first.
+test: test-deps
+	SLUICE_REQUIRE_MOSQUITTO=1 $(GO) test -race -count=1 -timeout 30m $(TESTFLAGS) ./...
+
+test-deps:
+	@if ! { command -v mosquitto || test -x /usr/sbin/mosquitto; } >/dev/null 2>&1 || ! command -v mosquitto_pub >/dev/null 2>&1; then \
+	  echo "make: installing mosquitto and mosquitto-clients from Debian (the tests use them as peers)"; \
+	  SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients >/dev/null; \
+	fi
 
 ## bench: Go benchmarks (figures in README.md). BENCH narrows, e.g. make bench BENCH=Append PKG=./wal
 BENCH ?= .
