@@ -86,11 +86,13 @@ func (h *hook) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool {
 	return false
 }
 
-// OnSessionEstablish marks the connection as past CONNECT (its deadline is mochi's keep-alive now).
-func (h *hook) OnSessionEstablish(cl *mochi.Client, _ packets.Packet) {
+// OnSessionEstablish marks the connection as past CONNECT (its deadline is mochi's keep-alive now)
+// and notes a persistent session about to be resumed (see takeover).
+func (h *hook) OnSessionEstablish(cl *mochi.Client, pk packets.Packet) {
 	if c := connOf(cl); c != nil {
 		c.established.Store(true)
 	}
+	h.beginTakeover(cl, pk)
 }
 
 // OnSessionEstablished switches off mochi's outbound send quota. In mochi v2.7.9 that mechanism
@@ -103,8 +105,12 @@ func (h *hook) OnSessionEstablish(cl *mochi.Client, _ packets.Packet) {
 // as reason inflight_full) and by MaxPendingWrites; the client's Receive Maximum is honoured under
 // the backpressure policy (publishers wait while a subscriber has that many unacked), and
 // otherwise only approximately (paho clients queue the excess, they do not fail).
+//
+// It then moves into cl the messages a resumed session's old client received during the takeover
+// (see takeover).
 func (h *hook) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
 	cl.State.Inflight.ResetSendQuota(0)
+	h.finishTakeover(cl)
 }
 
 // OnACLCheck applies the ACL: write = publish; otherwise a SUBSCRIBE filter or the topic of a
@@ -253,9 +259,13 @@ func (h *hook) window(cl *mochi.Client) int {
 	return w
 }
 
-// OnQosPublish marks a connected subscriber whose in-flight window is full as saturated
+// OnQosPublish moves a message set into a client being taken over to its successor (see
+// takeover) and marks a connected subscriber whose in-flight window is full as saturated
 // (backpressure policy).
 func (h *hook) OnQosPublish(cl *mochi.Client, pk packets.Packet, _ int64, _ int) {
+	if h.catchPublished(cl, pk) {
+		return
+	}
 	if h.s.opts.Slow.Policy != PolicyBackpressure || pk.FixedHeader.Type != packets.Publish {
 		return
 	}
@@ -283,11 +293,12 @@ func (h *hook) unsaturate(c *conn) {
 	}
 }
 
-// OnDisconnect clears saturation of a departing client.
+// OnDisconnect clears saturation of a departing client and forgets its takeover.
 func (h *hook) OnDisconnect(cl *mochi.Client, _ error, _ bool) {
 	if c := connOf(cl); c != nil {
 		h.unsaturate(c)
 	}
+	h.endTakeover(cl)
 }
 
 // OnPublish holds a publisher, under the backpressure policy, while a connected subscriber of the
@@ -366,8 +377,13 @@ func (h *hook) OnPacketEncode(cl *mochi.Client, pk packets.Packet) packets.Packe
 	return pk
 }
 
-// OnQosDropped counts in-flight messages mochi gave up on.
+// OnQosDropped counts in-flight messages mochi gave up on, and keeps those dropped from a client
+// being taken over (see takeover).
 func (h *hook) OnQosDropped(cl *mochi.Client, pk packets.Packet) {
+	if _, ok := h.s.byOld.Load(cl); ok {
+		h.catchDropped(cl, pk)
+		return
+	}
 	h.s.metrics.drop(dropQoSExpired)
 }
 

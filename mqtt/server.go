@@ -38,6 +38,10 @@ type Server struct {
 	satMu    sync.Mutex
 	satCh    chan struct{} // closed when a subscriber stops being saturated
 
+	// Persistent sessions being resumed (see takeover.go): *mochi.Client → *takeover.
+	byOld sync.Map // keyed by the client being taken over
+	byNew sync.Map // keyed by the client taking over
+
 	mu       sync.Mutex
 	started  bool
 	closed   bool
