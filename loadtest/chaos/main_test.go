@@ -20,9 +20,8 @@ type suite struct {
 	bin  string // the sluice binary, built by TestMain
 	full bool   // SLUICE_CHAOS=full
 
-	mu      sync.Mutex
-	rows    []row
-	defects map[string]int // scenario → assertions skipped because of a named defect
+	mu   sync.Mutex
+	rows []row
 }
 
 // row is one line of the summary table.
@@ -33,7 +32,7 @@ type row struct {
 	figures  string
 }
 
-var st = &suite{defects: map[string]int{}}
+var st = &suite{}
 
 func TestMain(m *testing.M) {
 	st.full = os.Getenv("SLUICE_CHAOS") == "full"
@@ -106,29 +105,9 @@ func report(t *testing.T, checks, figures string) {
 		res = "skip"
 	}
 	st.mu.Lock()
-	n := 0
-	for name, d := range st.defects {
-		if name == t.Name() || strings.HasPrefix(name, t.Name()+"/") {
-			n += d
-		}
-	}
-	if n > 0 {
-		res += fmt.Sprintf(" (%d DEFECT skipped)", n)
-	}
 	st.rows = append(st.rows, row{scenario: t.Name(), checks: checks, result: res, figures: figures})
 	st.mu.Unlock()
 	t.Logf("summary: %s | %s | %s | %s", t.Name(), checks, res, figures)
-}
-
-// defect marks an assertion that fails because of a defect in another package: a subtest named
-// name that skips with msg, which must name the defect (file, function, what happens). The
-// scenario's summary row counts it.
-func defect(t *testing.T, name, msg string) {
-	t.Helper()
-	st.mu.Lock()
-	st.defects[t.Name()]++
-	st.mu.Unlock()
-	t.Run(name, func(t *testing.T) { t.Skip(msg) })
 }
 
 // pick returns reduced, or full under SLUICE_CHAOS=full.
