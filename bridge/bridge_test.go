@@ -13,6 +13,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 	"golang.org/x/crypto/bcrypt"
 
@@ -285,6 +286,14 @@ func testQoS1DurableBeforePuback(t *testing.T, pipeline bool) {
 // counter returns the value of the counter series name{labels...} (0 if absent).
 func counter(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
+	v, _ := series(t, reg, name, labels...)
+	return v
+}
+
+// series returns the value of the first counter or gauge series of reg named name whose labels
+// include the pairs in labels, and whether there is one.
+func series(t testing.TB, reg *prometheus.Registry, name string, labels ...string) (float64, bool) {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -293,23 +302,29 @@ func counter(t testing.TB, reg *prometheus.Registry, name string, labels ...stri
 		if mf.GetName() != name {
 			continue
 		}
-	metrics:
+	next:
 		for _, m := range mf.GetMetric() {
 			for i := 0; i+1 < len(labels); i += 2 {
-				found := false
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
-						found = true
-					}
-				}
-				if !found {
-					continue metrics
+				if !hasLabel(m, labels[i], labels[i+1]) {
+					continue next
 				}
 			}
-			return m.GetCounter().GetValue()
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue(), true
+			}
+			return m.GetGauge().GetValue(), true
 		}
 	}
-	return 0
+	return 0, false
+}
+
+func hasLabel(m *dto.Metric, k, v string) bool {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == k && l.GetValue() == v {
+			return true
+		}
+	}
+	return false
 }
 
 func TestSeveralRulesOneCopyPerQueue(t *testing.T) { forModes(t, testSeveralRulesOneCopyPerQueue) }

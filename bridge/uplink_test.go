@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 
 	"github.com/sluicemq/sluice/bridge"
@@ -249,41 +248,15 @@ func ulBacklog(t testing.TB, qm *queue.Manager) int64 {
 	return st.Ready + st.Leased + st.Delayed
 }
 
-// ulMetric reads one series of reg (a counter or gauge) whose labels include labels.
+// ulMetric reads one series of reg (a counter or gauge) whose labels include labels; it fails the
+// test when there is none.
 func ulMetric(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	v, ok := series(t, reg, name, labels...)
+	if !ok {
+		t.Fatalf("no series %s%v", name, labels)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				if !ulHasLabel(m, labels[i], labels[i+1]) {
-					continue next
-				}
-			}
-			if c := m.GetCounter(); c != nil {
-				return c.GetValue()
-			}
-			return m.GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no series %s%v", name, labels)
-	return 0
-}
-
-func ulHasLabel(m *dto.Metric, k, v string) bool {
-	for _, l := range m.GetLabel() {
-		if l.GetName() == k && l.GetValue() == v {
-			return true
-		}
-	}
-	return false
+	return v
 }
 
 func ulOptions(name, url string) bridge.UplinkOptions {
