@@ -40,6 +40,7 @@ type conn struct {
 	mu      sync.Mutex
 	buf     *[]byte
 	reading bool
+	held    int // HoldWrites calls not yet released: buffer even while the reader is in Read
 	closed  bool
 	timer   *time.Timer
 	armed   bool
@@ -47,6 +48,10 @@ type conn struct {
 
 	established atomic.Bool
 	grants      atomic.Pointer[grants]
+
+	// input accounting (see InputBuffered): bytes Read returned, and bytes of the packets mochi
+	// parsed from them; written by the reader goroutine only.
+	rx, parsed atomic.Int64
 
 	// rate limiting, touched only by the reader goroutine (OnPacketRead).
 	tokens   float64
@@ -78,6 +83,7 @@ func (c *conn) Read(p []byte) (int, error) {
 	c.mu.Unlock()
 
 	n, err := c.Conn.Read(p)
+	c.rx.Add(int64(n))
 
 	c.mu.Lock()
 	c.reading = false
@@ -98,7 +104,8 @@ func (c *conn) Write(p []byte) (int, error) {
 	if c.werr != nil {
 		return 0, c.werr
 	}
-	if (c.reading || c.srv.noCoalesce) && (c.buf == nil || len(*c.buf) == 0) {
+	direct := c.reading && c.held == 0
+	if (direct || c.srv.noCoalesce) && (c.buf == nil || len(*c.buf) == 0) {
 		n, err := c.Conn.Write(p)
 		if err != nil {
 			c.werr = err
@@ -109,7 +116,7 @@ func (c *conn) Write(p []byte) (int, error) {
 		c.buf = writeBufPool.Get().(*[]byte)
 	}
 	*c.buf = append(*c.buf, p...)
-	if c.reading || len(*c.buf) >= flushThreshold {
+	if direct || len(*c.buf) >= flushThreshold {
 		if err := c.flushLocked(); err != nil {
 			return 0, err
 		}
@@ -124,6 +131,26 @@ func (c *conn) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// hold makes Write buffer until the matching release, even while the reader is in Read; the
+// flushThreshold and flushDelay bounds still apply.
+func (c *conn) hold() {
+	c.mu.Lock()
+	c.held++
+	c.mu.Unlock()
+}
+
+// release ends a hold and, when it was the last one, writes what was buffered.
+func (c *conn) release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.held > 0 {
+		c.held--
+	}
+	if c.held == 0 && !c.closed && c.buf != nil && len(*c.buf) > 0 {
+		_ = c.flushLocked()
+	}
 }
 
 func (c *conn) timerFlush() {

@@ -162,6 +162,9 @@ func (h *hook) OnSubscribe(cl *mochi.Client, pk packets.Packet) packets.Packet {
 
 // OnPacketRead enforces topic limits and the publish rate, and counts inbound messages.
 func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	if c := connOf(cl); c != nil {
+		c.parsed.Add(int64(packetSize(pk.FixedHeader.Remaining)))
+	}
 	if pk.FixedHeader.Type != packets.Publish {
 		return pk, nil
 	}

@@ -1,0 +1,139 @@
+package mqtt
+
+import (
+	"io"
+	"net"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// peekHook records, for every publish, what InputBuffered said when the hook ran.
+type peekHook struct {
+	mochi.HookBase
+	srv *Server
+	got chan bool
+}
+
+func (h *peekHook) ID() string           { return "peek" }
+func (h *peekHook) Provides(b byte) bool { return b == mochi.OnPublish }
+func (h *peekHook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	h.got <- h.srv.InputBuffered(cl)
+	return pk, nil
+}
+
+// TestInputBuffered: a publish followed in the same write by another sees input buffered behind
+// it; the last of a burst and a lone publish do not; a nil client has none.
+func TestInputBuffered(t *testing.T) {
+	h := &peekHook{got: make(chan bool, 16)}
+	srv := startServerWith(t, Options{}, func(s *Server) {
+		h.srv = s
+		if err := s.AddHook(h, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if srv.InputBuffered(nil) {
+		t.Error("InputBuffered(nil) = true")
+	}
+	nc := rawConnect(t, srv.Addr("tcp").String(), 5, "peek")
+	next := func() bool {
+		select {
+		case v := <-h.got:
+			return v
+		case <-time.After(5 * time.Second):
+			t.Fatal("publish not seen by the hook")
+			return false
+		}
+	}
+	burst := slices.Concat(publishPacket(5, []byte("a/1"), []byte("x")), publishPacket(5, []byte("a/2"), []byte("yy")),
+		publishPacket(5, []byte("a/3"), make([]byte, 300))) // 300: a two-byte remaining length
+	if _, err := nc.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	if got := []bool{next(), next(), next()}; !slices.Equal(got, []bool{true, true, false}) {
+		t.Errorf("burst of three in one write: InputBuffered %v, want [true true false]", got)
+	}
+	if _, err := nc.Write(publishPacket(5, []byte("a/4"), []byte("z"))); err != nil {
+		t.Fatal(err)
+	}
+	if next() {
+		t.Error("lone publish: InputBuffered true, want false")
+	}
+}
+
+// countConn counts the write(2)s made on a real socket.
+type countConn struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *countConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// TestHoldWrites: while the reader waits in Read, writes go out at once, one write(2) each; under
+// a hold they leave together when it is released.
+func TestHoldWrites(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	inner, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := &countConn{Conn: inner}
+	c := newConn(cc, &Server{}, nil)
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		_, _ = c.Read(make([]byte, 1)) // the reader, blocked until the peer closes
+	}()
+	waitFor(t, 5*time.Second, "reader in Read", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.reading
+	})
+	pkt := []byte{0x40, 2, 0, 1} // a PUBACK
+	const n = 50
+	send := func(hold bool) int64 {
+		before := cc.writes.Load()
+		if hold {
+			c.hold()
+		}
+		for range n {
+			if _, err := c.Write(pkt); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if hold {
+			c.release()
+		}
+		_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(peer, make([]byte, n*len(pkt))); err != nil {
+			t.Fatalf("peer read: %v", err)
+		}
+		return cc.writes.Load() - before
+	}
+	if w := send(false); w != n {
+		t.Errorf("without a hold: %d writes for %d packets, want %d", w, n, n)
+	}
+	// The flush timer may fire once if the machine stalls mid-loop; without the hold it is n.
+	if w := send(true); w < 1 || w > 2 {
+		t.Errorf("under a hold: %d writes for %d packets, want 1", w, n)
+	}
+	peer.Close()
+	<-readDone
+	_ = c.Close()
+}
