@@ -143,24 +143,29 @@ func (b *Bridge) writeBatch(batch []*pending) {
 			it.err = err
 		}
 	}
+	write := func(q string) {
+		its := byQueue[q]
+		if err := b.enqueueBatch(q, its); err != nil {
+			if len(its) > 1 && errors.Is(err, queue.ErrTooLarge) {
+				for _, it := range its { // find the one too large; the others go in
+					if err := b.enqueueBatch(q, []*pending{it}); err != nil {
+						fail(it, err)
+					}
+				}
+				return
+			}
+			for _, it := range its {
+				fail(it, err)
+			}
+		}
+	}
+	if len(order) == 1 { // the common case: no goroutine to start and wait for
+		write(order[0])
+		return
+	}
 	var wg sync.WaitGroup
 	for _, q := range order {
-		wg.Go(func() {
-			its := byQueue[q]
-			if err := b.enqueueBatch(q, its); err != nil {
-				if len(its) > 1 && errors.Is(err, queue.ErrTooLarge) {
-					for _, it := range its { // find the one too large; the others go in
-						if err := b.enqueueBatch(q, []*pending{it}); err != nil {
-							fail(it, err)
-						}
-					}
-					return
-				}
-				for _, it := range its {
-					fail(it, err)
-				}
-			}
-		})
+		wg.Go(func() { write(q) })
 	}
 	wg.Wait()
 }
