@@ -311,11 +311,17 @@ func BenchmarkQoS1FanIn(b *testing.B) {
 
 // BenchmarkIdleConnections measures broker memory per idle MQTT 5 connection (CONNECT done, no
 // traffic): the growth of the broker process's HeapInuse+StackInuse divided by the number of
-// connections. The clients run in a child process (this test binary re-executed), so their sockets
-// neither count nor use the broker's file descriptors.
+// connections, and its heap and stack parts. The clients run in a child process (this test binary
+// re-executed), so their sockets neither count nor use the broker's file descriptors. With
+// ping=true every client has also had one PINGREQ answered, as a live idle client has after its
+// first keep-alive: memory must not grow with it.
 func BenchmarkIdleConnections(b *testing.B) {
-	for _, n := range []int{1000, 10000} {
-		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) {
+	for _, run := range []struct {
+		n    int
+		ping bool
+	}{{1000, false}, {10000, false}, {10000, true}} {
+		n := run.n
+		b.Run(fmt.Sprintf("conns=%d/ping=%v", n, run.ping), func(b *testing.B) {
 			var lim syscall.Rlimit
 			need := uint64(n + 500)
 			if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < need {
@@ -327,9 +333,9 @@ func BenchmarkIdleConnections(b *testing.B) {
 				b.Skipf("RLIMIT_NOFILE %d is too low for %d connections", lim.Cur, n)
 			}
 			srv := benchServer(b, Options{Limits: Limits{MaxPendingWrites: 256, MaxInflight: 256}})
-			before := memInUse()
+			before := readMem()
 			cmd := exec.Command(os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d", idleClientsEnv, srv.Addr("tcp"), n))
+			cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %v", idleClientsEnv, srv.Addr("tcp"), n, run.ping))
 			stdin, _ := cmd.StdinPipe()
 			stdout, _ := cmd.StdoutPipe()
 			cmd.Stderr = os.Stderr
@@ -345,20 +351,26 @@ func BenchmarkIdleConnections(b *testing.B) {
 				b.Fatalf("client process: %q %v", line, err)
 			}
 			waitFor(b, 10*time.Second, "all clients connected", func() bool { return srv.conns.Load() == int64(n) })
-			after := memInUse()
-			b.ReportMetric(float64(after-before)/float64(n), "bytes/conn")
+			after := readMem()
+			per := func(a, b uint64) float64 { return (float64(a) - float64(b)) / float64(n) }
+			b.ReportMetric(per(after.HeapInuse+after.StackInuse, before.HeapInuse+before.StackInuse), "bytes/conn")
+			b.ReportMetric(per(after.HeapInuse, before.HeapInuse), "heap-bytes/conn")
+			b.ReportMetric(per(after.StackInuse, before.StackInuse), "stack-bytes/conn")
+			b.ReportMetric(per(uint64(after.goroutines), uint64(before.goroutines)), "goroutines/conn")
 		})
 	}
 }
 
 const idleClientsEnv = "SLUICE_MQTT_IDLE_CLIENTS"
 
-// runIdleClients is the child process of BenchmarkIdleConnections: "addr n" → n connected idle
-// MQTT 5 clients, "ready" on stdout, exit when stdin closes.
+// runIdleClients is the child process of BenchmarkIdleConnections: "addr n ping" → n connected
+// idle MQTT 5 clients (each after one PINGREQ/PINGRESP if ping), "ready" on stdout, exit when
+// stdin closes.
 func runIdleClients(spec string) int {
 	var addr string
 	var n int
-	if _, err := fmt.Sscan(spec, &addr, &n); err != nil {
+	var ping bool
+	if _, err := fmt.Sscan(spec, &addr, &n, &ping); err != nil {
 		fmt.Fprintln(os.Stderr, "bad spec:", err)
 		return 2
 	}
@@ -386,6 +398,15 @@ func runIdleClients(spec string) int {
 		if _, err := io.ReadFull(nc, make([]byte, hdr[1])); err != nil {
 			return 1
 		}
+		if ping {
+			if _, err := nc.Write([]byte{0xC0, 0}); err != nil {
+				return 1
+			}
+			if _, err := io.ReadFull(nc, hdr); err != nil || hdr[0] != 0xD0 {
+				fmt.Fprintln(os.Stderr, "pingresp:", err, hdr)
+				return 1
+			}
+		}
 		conns = append(conns, nc)
 	}
 	fmt.Println("ready")
@@ -396,11 +417,17 @@ func runIdleClients(spec string) int {
 	return 0
 }
 
-func memInUse() uint64 {
+type memSample struct {
+	HeapInuse, StackInuse uint64
+	goroutines            int
+}
+
+// readMem samples the process's heap and stack in use after three GCs (stacks shrink at GC).
+func readMem() memSample {
 	var m runtime.MemStats
 	for range 3 {
 		runtime.GC()
 	}
 	runtime.ReadMemStats(&m)
-	return m.HeapInuse + m.StackInuse
+	return memSample{HeapInuse: m.HeapInuse, StackInuse: m.StackInuse, goroutines: runtime.NumGoroutine()}
 }

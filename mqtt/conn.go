@@ -1,9 +1,7 @@
 package mqtt
 
 import (
-	"errors"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +26,8 @@ var writeBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 2*flushThres
 //     write(2) was 44% of stock mochi's CPU in QoS 1 fan-in; this turns a batch of acks into one.
 //   - notices the CONNECT timeout (a read deadline set at accept, replaced by mochi's keep-alive
 //     deadline after CONNECT) and counts it;
+//   - reads a plain TCP socket through a pooled buffer taken only while read(2) has data, so that
+//     an idle connection holds no read buffer (connread.go);
 //   - carries per-connection state for our hooks (ACL grants, rate bucket, slow-subscriber state),
 //     so hooks find it with a type assertion on cl.Net.Conn instead of a locked map.
 type conn struct {
@@ -36,6 +36,8 @@ type conn struct {
 	ln       *listener
 	certCN   string // CommonName of a verified client certificate, "" if none
 	verified bool   // a client certificate was presented and verified
+
+	in inbound // read side (connread.go), reader goroutine only
 
 	mu      sync.Mutex
 	buf     *[]byte
@@ -67,31 +69,11 @@ type conn struct {
 }
 
 func newConn(inner net.Conn, srv *Server, ln *listener) *conn {
-	return &conn{Conn: inner, srv: srv, ln: ln}
-}
-
-// Read flushes pending writes, then blocks in the underlying Read.
-func (c *conn) Read(p []byte) (int, error) {
-	c.mu.Lock()
-	if c.buf != nil && len(*c.buf) > 0 {
-		if err := c.flushLocked(); err != nil {
-			c.mu.Unlock()
-			return 0, err
-		}
+	c := &conn{Conn: inner, srv: srv, ln: ln}
+	if c.in.raw = rawConnOf(inner); c.in.raw != nil {
+		c.in.fn = c.rawRead
 	}
-	c.reading = true
-	c.mu.Unlock()
-
-	n, err := c.Conn.Read(p)
-	c.rx.Add(int64(n))
-
-	c.mu.Lock()
-	c.reading = false
-	c.mu.Unlock()
-	if err != nil && !c.established.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
-		c.srv.metrics.connectTimeout()
-	}
-	return n, err
+	return c
 }
 
 // Write buffers p or writes it at once; see the type comment.

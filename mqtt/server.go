@@ -104,7 +104,7 @@ func New(opts Options) (*Server, error) {
 	s.mochi = mochi.New(&mochi.Options{
 		Capabilities:             caps,
 		ClientNetWriteBufferSize: 4096,
-		ClientNetReadBufferSize:  2048,
+		ClientNetReadBufferSize:  clientReadBufferSize, // conn.Read buffers; see connread.go
 		Logger:                   slog.New(zerolog.NewSlogHandler(mlog)),
 		SysTopicResendInterval:   int64(o.SysInterval / time.Second),
 	})
