@@ -153,3 +153,28 @@ func TestIdleConnectionHoldsNoReadBuffer(t *testing.T) {
 		t.Errorf("lone PINGREQ after the burst: buffer held %v, want [false]", held)
 	}
 }
+
+// TestKeepAliveDeadline: a client with a 1 s keep-alive that goes silent after one PINGREQ is
+// answered, then disconnected: mochi's keep-alive read deadline reaches the RawConn read.
+func TestKeepAliveDeadline(t *testing.T) {
+	srv := startServer(t, Options{Limits: Limits{KeepAliveMin: 1}})
+	addr := srv.Addr("tcp").String()
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	connect := connectPacket(4, "ka1")
+	connect[11] = 1 // keep alive 1 s (bytes 10-11 of the MQTT 3.1.1 CONNECT)
+	// CONNECT, then a PINGREQ
+	if _, err := nc.Write(append(connect, 0xC0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if c := connOfRemote(t, srv, nc.LocalAddr()); c.in.raw == nil {
+		t.Fatal("plain TCP connection without RawConn reads")
+	}
+	got := expectClose(t, nc) // fails unless the server closes within 5 s
+	if !bytes.HasPrefix(got, []byte{0x20, 2}) || !bytes.HasSuffix(got, []byte{0xD0, 0}) {
+		t.Errorf("before closing, the server sent %x; want a CONNACK and a PINGRESP", got)
+	}
+}
