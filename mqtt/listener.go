@@ -174,26 +174,41 @@ func (l *listener) Serve(establish mochilisteners.EstablishFn) {
 	}
 }
 
+// run is the connection's goroutine, the one mochi reads on. Its frame stays on the stack for the
+// life of the connection, so the TLS handshake is done out of line (448 bytes of frame → 64): an
+// idle reader's stack shrinks at GC only if under a quarter of it is in use. With stock mochi
+// v2.7.9 the reader keeps 16 KiB anyway (README, memory per idle connection); with a read loop
+// that waits in a shallow frame, this is what lets it shrink to 4 KiB.
 func (l *listener) run(establish mochilisteners.EstablishFn, c *conn) {
 	defer l.connWG.Done()
-	if tc, ok := c.Conn.(*tls.Conn); ok {
-		// The handshake runs under the CONNECT deadline set at accept.
-		if err := tc.Handshake(); err != nil {
-			l.srv.metrics.tlsFailure()
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				l.srv.metrics.connectTimeout()
-			}
-			_ = c.Close()
-			return
-		}
-		st := tc.ConnectionState()
-		if len(st.VerifiedChains) > 0 && len(st.PeerCertificates) > 0 {
-			c.verified = true
-			c.certCN = st.PeerCertificates[0].Subject.CommonName
-		}
+	if _, ok := c.Conn.(*tls.Conn); ok && !l.handshake(c) {
+		return
 	}
 	_ = establish(l.cfg.Name, c) // mochi logs nothing useful here; outcomes are in metrics
 	_ = c.Close()
+}
+
+// handshake completes the TLS handshake of c and notes its verified client certificate; on
+// failure it closes c and returns false.
+//
+//go:noinline
+func (l *listener) handshake(c *conn) bool {
+	tc := c.Conn.(*tls.Conn)
+	// The handshake runs under the CONNECT deadline set at accept.
+	if err := tc.Handshake(); err != nil {
+		l.srv.metrics.tlsFailure()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			l.srv.metrics.connectTimeout()
+		}
+		_ = c.Close()
+		return false
+	}
+	st := tc.ConnectionState()
+	if len(st.VerifiedChains) > 0 && len(st.PeerCertificates) > 0 {
+		c.verified = true
+		c.certCN = st.PeerCertificates[0].Subject.CommonName
+	}
+	return true
 }
 
 func (l *listener) serveHTTP(establish mochilisteners.EstablishFn) {
