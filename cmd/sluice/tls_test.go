@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/sluicemq/sluice/mqtt/mqtttest"
@@ -53,7 +54,8 @@ bridge: {rules: []}
 		if err != nil {
 			return nil, err
 		}
-		c := paho.NewClient(paho.ClientConfig{Conn: conn})
+		// Over TLS paho.golang's packet writes interleave unless the conn is a sync.Locker.
+		c := paho.NewClient(paho.ClientConfig{Conn: packets.NewThreadSafeConn(conn)})
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if _, err := c.Connect(ctx, &paho.Connect{ClientID: "tls-client", KeepAlive: 30, CleanStart: true}); err != nil {
