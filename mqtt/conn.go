@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"bufio"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -72,6 +73,8 @@ func newConn(inner net.Conn, srv *Server, ln *listener) *conn {
 	c := &conn{Conn: inner, srv: srv, ln: ln}
 	if c.in.raw = rawConnOf(inner); c.in.raw != nil {
 		c.in.fn = c.rawRead
+	} else {
+		c.in.br = bufio.NewReaderSize((*socketReader)(c), readBufSize)
 	}
 	return c
 }

@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"net"
@@ -24,9 +25,14 @@ var readBufPool = sync.Pool{New: func() any { b := make([]byte, readBufSize); re
 // inbound is the read side of a TCP conn, touched only by the connection's reader goroutine.
 // The socket is read through its syscall.RawConn, so that the pooled buffer is taken only when
 // read(2) has data for it: a connection waiting for its next packet holds no buffer.
+//
+// TLS and WebSocket connections (raw nil) read through a bufio.Reader of readBufSize instead, as
+// mochi's own was before: their net.Conn holds decrypted or unframed bytes out of sight, and a
+// read of only what mochi asks for would leave them there, where InputBuffered cannot see them.
 type inbound struct {
-	raw      syscall.RawConn    // nil: TLS and WebSocket connections read through their net.Conn
+	raw      syscall.RawConn    // nil: TLS and WebSocket connections read through br
 	fn       func(uintptr) bool // c.rawRead, bound once
+	br       *bufio.Reader      // over (*socketReader)(c), when raw is nil
 	buf      *[]byte            // pooled; (*buf)[off:end] is read but not yet returned
 	off, end int
 
@@ -56,8 +62,8 @@ func rawConnOf(inner net.Conn) syscall.RawConn {
 	return raw
 }
 
-// Read returns what the last read(2) left in the pooled buffer; when there is nothing left, it
-// flushes pending writes (see Write) and reads the socket, blocking until data arrives.
+// Read returns what the last read(2) left in the pooled buffer (or br); when there is nothing
+// left, it flushes pending writes (see Write) and reads the socket, blocking until data arrives.
 func (c *conn) Read(p []byte) (int, error) {
 	if in := &c.in; in.buf != nil {
 		n := copy(p, (*in.buf)[in.off:in.end])
@@ -66,6 +72,8 @@ func (c *conn) Read(p []byte) (int, error) {
 			in.release()
 		}
 		return n, nil
+	} else if in.br != nil && in.br.Buffered() > 0 {
+		return in.br.Read(p)
 	}
 	c.mu.Lock()
 	if c.buf != nil && len(*c.buf) > 0 {
@@ -88,13 +96,15 @@ func (c *conn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// readSocket reads once from the connection into p, through the pooled buffer when p is smaller.
+// readSocket reads once from the connection into p: from br for TLS and WebSocket, else through
+// the pooled buffer when p is smaller than it.
 func (c *conn) readSocket(p []byte) (int, error) {
 	in := &c.in
-	if in.raw == nil || len(p) == 0 {
-		n, err := c.Conn.Read(p)
-		c.rx.Add(int64(n))
-		return n, err
+	switch {
+	case in.br != nil:
+		return in.br.Read(p)
+	case len(p) == 0:
+		return 0, nil
 	}
 	in.dst = p
 	err := in.raw.Read(in.fn)
@@ -140,6 +150,15 @@ func (c *conn) rawRead(fd uintptr) bool {
 	}
 	in.n, in.err = max(n, 0), err
 	return true
+}
+
+// socketReader is the conn as the io.Reader under br: the underlying net.Conn, counted in rx.
+type socketReader conn
+
+func (r *socketReader) Read(p []byte) (int, error) {
+	n, err := r.Conn.Read(p)
+	r.rx.Add(int64(n))
+	return n, err
 }
 
 func (in *inbound) release() {

@@ -4,7 +4,7 @@ package mqtt
 
 import "errors"
 
-// Elsewhere connections read through net.Conn into mochi's small bufio.Reader.
+// Elsewhere every connection reads through a bufio.Reader (inbound.br), as TLS ones do.
 const rawReadSupported = false
 
 func rawReadFD(uintptr, []byte) (int, error) { return 0, errors.ErrUnsupported }

@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -176,5 +177,56 @@ func TestKeepAliveDeadline(t *testing.T) {
 	got := expectClose(t, nc) // fails unless the server closes within 5 s
 	if !bytes.HasPrefix(got, []byte{0x20, 2}) || !bytes.HasSuffix(got, []byte{0xD0, 0}) {
 		t.Errorf("before closing, the server sent %x; want a CONNACK and a PINGRESP", got)
+	}
+}
+
+// TestInputBufferedTLS: over TLS, a burst of publishes larger than mochi's read buffer, in one
+// write, still shows input buffered behind all but the last (the decrypted bytes are read into
+// inbound.br, where InputBuffered counts them, not left inside the tls.Conn).
+func TestInputBufferedTLS(t *testing.T) {
+	pki := newPKI(t)
+	h := &peekHook{got: make(chan bool, 16)}
+	srv := startServerWith(t, Options{Listeners: []Listener{{Name: "tls", Type: TypeTLS, Address: "127.0.0.1:0",
+		TLS: TLS{CertFile: pki.certFile, KeyFile: pki.keyFile}, AllowAnonymous: true}}}, func(s *Server) {
+		h.srv = s
+		if err := s.AddHook(h, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	nc, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", srv.Addr("tls").String(),
+		&tls.Config{RootCAs: pki.pool, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := nc.Write(connectPacket(5, "peek-tls")); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	hdr := make([]byte, 2)
+	if _, err := io.ReadFull(nc, hdr); err != nil || hdr[0] != 0x20 {
+		t.Fatalf("CONNACK: %x %v", hdr, err)
+	}
+	if _, err := io.ReadFull(nc, make([]byte, hdr[1])); err != nil {
+		t.Fatal(err)
+	}
+	next := func() bool {
+		select {
+		case v := <-h.got:
+			return v
+		case <-time.After(5 * time.Second):
+			t.Fatal("publish not seen by the hook")
+			return false
+		}
+	}
+	var burst []byte
+	for i := range 3 {
+		burst = append(burst, publishPacket(5, fmt.Appendf(nil, "t/%d", i), make([]byte, 300))...)
+	}
+	if _, err := nc.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	if got := []bool{next(), next(), next()}; !slices.Equal(got, []bool{true, true, false}) {
+		t.Errorf("burst of three 300-byte publishes in one TLS write: InputBuffered %v, want [true true false]", got)
 	}
 }
