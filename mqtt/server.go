@@ -221,6 +221,9 @@ func (s *Server) Reload(users []User, acl []ACLRule) error {
 // Ready reports whether the server has started and is not shutting down.
 func (s *Server) Ready() bool { return s.ready.Load() }
 
+// stopGrace bounds how long Shutdown waits for mochi after ctx ended and every connection was closed.
+const stopGrace = 2 * time.Second
+
 // Shutdown stops accepting, disconnects clients (MQTT 5: DISCONNECT 0x8B server shutting down;
 // wills are published as the spec says for a server-side close), closes and syncs the storage.
 // If ctx ends first, remaining connections are closed at once and ctx's error is returned.
@@ -257,7 +260,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		for _, l := range s.listeners {
 			l.closeAll()
 		}
-		<-done
+		select {
+		case <-done:
+		case <-time.After(stopGrace):
+			// Every connection is closed; what is left is mochi's own teardown. Shutdown is
+			// bounded: say so and return rather than hang the process.
+			s.log.Error().Dur("waited", stopGrace).Msg("mochi did not finish stopping after its connections were closed; stopping anyway")
+		}
 	}
 	if s.storage != nil {
 		if serr := s.storage.syncFile(); serr != nil && err == nil {
