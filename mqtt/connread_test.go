@@ -210,15 +210,7 @@ func TestInputBufferedTLS(t *testing.T) {
 	if _, err := io.ReadFull(nc, make([]byte, hdr[1])); err != nil {
 		t.Fatal(err)
 	}
-	next := func() bool {
-		select {
-		case v := <-h.got:
-			return v
-		case <-time.After(5 * time.Second):
-			t.Fatal("publish not seen by the hook")
-			return false
-		}
-	}
+	next := func() bool { return h.next(t) }
 	var burst []byte
 	for i := range 3 {
 		burst = append(burst, publishPacket(5, fmt.Appendf(nil, "t/%d", i), make([]byte, 300))...)

@@ -21,6 +21,19 @@ type peekHook struct {
 
 func (h *peekHook) ID() string           { return "peek" }
 func (h *peekHook) Provides(b byte) bool { return b == mochi.OnPublish }
+
+// next returns what InputBuffered said for the next publish, failing t after 5 s.
+func (h *peekHook) next(t testing.TB) bool {
+	t.Helper()
+	select {
+	case v := <-h.got:
+		return v
+	case <-time.After(5 * time.Second):
+		t.Fatal("publish not seen by the hook")
+		return false
+	}
+}
+
 func (h *peekHook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
 	h.got <- h.srv.InputBuffered(cl)
 	return pk, nil
@@ -40,15 +53,7 @@ func TestInputBuffered(t *testing.T) {
 		t.Error("InputBuffered(nil) = true")
 	}
 	nc := rawConnect(t, srv.Addr("tcp").String(), 5, "peek")
-	next := func() bool {
-		select {
-		case v := <-h.got:
-			return v
-		case <-time.After(5 * time.Second):
-			t.Fatal("publish not seen by the hook")
-			return false
-		}
-	}
+	next := func() bool { return h.next(t) }
 	burst := slices.Concat(publishPacket(5, []byte("a/1"), []byte("x")), publishPacket(5, []byte("a/2"), []byte("yy")),
 		publishPacket(5, []byte("a/3"), make([]byte, 300))) // 300: a two-byte remaining length
 	if _, err := nc.Write(burst); err != nil {
