@@ -168,7 +168,7 @@ func BenchmarkBridgeIngest(b *testing.B) {
 		on, pipeline bool
 		name         string
 	}
-	for _, c := range []struct{ publishers, inflight, perRound int }{{100, 1, 50}, {100, 8, 200}, {1, 100, 5000}} {
+	for _, c := range []struct{ publishers, inflight, perRound int }{{100, 1, 50}, {100, 8, 200}, {100, 32, 400}, {1, 100, 5000}} {
 		for _, v := range []variant{{true, false, "bridge=on"}, {true, true, "bridge=on/pipeline=on"}, {false, false, "bridge=off"}} {
 			name := fmt.Sprintf("qos=1/publishers=%d/inflight=%d/%s", c.publishers, c.inflight, v.name)
 			on := v.on
