@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -269,7 +270,7 @@ func cmdLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		}
 	}
 	if n := rep.Lost(); n > 0 {
-		fmt.Fprintf(stderr, "sluice loadtest: %d messages were lost.\n", n)
+		fmt.Fprintf(stderr, "sluice loadtest: %d messages were lost (%s).\n", n, lostWhere(rep))
 	}
 	if ctx.Err() != nil {
 		fmt.Fprintln(stderr, "sluice loadtest: interrupted.")
@@ -359,4 +360,22 @@ func (p *progressBar) done() {
 		fmt.Fprintf(p.w, "\r%s\r", strings.Repeat(" ", p.width))
 		p.width = 0
 	}
+}
+
+// lostWhere names the broker and scenario of every loss in rep, e.g. "mosquitto: 672 in
+// max-throughput", so that a comparison run says which side lost.
+func lostWhere(rep *loadtest.Report) string {
+	var parts []string
+	for _, e := range rep.Scenarios {
+		for i, r := range e.Results {
+			if r != nil && r.Lost > 0 {
+				name := r.Broker
+				if i < len(rep.Brokers) {
+					name = rep.Brokers[i] // the label, as in the table
+				}
+				parts = append(parts, fmt.Sprintf("%s: %d in %s", cmp.Or(name, "broker"), r.Lost, e.Name))
+			}
+		}
+	}
+	return strings.Join(parts, "; ")
 }

@@ -134,7 +134,7 @@ func TestLoadtestLossFailsTheRun(t *testing.T) {
 	t.Cleanup(func() { _ = s.Close() })
 	code, stdout, stderr := runCLI(t, "loadtest", "--broker", "tcp://"+l.Address(), "--kind", "fan-in", "--publishers", "2",
 		"--rate", "400/s", "--qos", "0", "--duration", "500ms", "--drain", "200ms", "--no-progress")
-	if code != 1 || !strings.Contains(stderr, "messages were lost.") {
+	if code != 1 || !strings.Contains(stderr, "messages were lost (") || !strings.Contains(stderr, " in fan-in)") {
 		t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
 	}
 }
