@@ -3,9 +3,12 @@ package mqtt
 import (
 	"bufio"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 const (
@@ -44,10 +47,14 @@ type conn struct {
 	buf     *[]byte
 	reading bool
 	held    int // HoldWrites calls not yet released: buffer even while the reader is in Read
-	closed  bool
-	timer   *time.Timer
-	armed   bool
-	werr    error
+	// connacked: the CONNACK has been written; until then other packets wait in early
+	// (beforeConnack).
+	connacked bool
+	early     []byte
+	closed    bool
+	timer     *time.Timer
+	armed     bool
+	werr      error
 
 	established atomic.Bool
 	grants      atomic.Pointer[grants]
@@ -89,6 +96,78 @@ func (c *conn) Write(p []byte) (int, error) {
 	if c.werr != nil {
 		return 0, c.werr
 	}
+	if !c.connacked {
+		out, ok := c.beforeConnack(p)
+		if !ok {
+			return len(p), nil // held until the CONNACK
+		}
+		if _, err := c.writeLocked(out); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	return c.writeLocked(p)
+}
+
+// beforeConnack keeps the CONNACK first on the wire [MQTT-3.2.0-1]. mochi v2.7.9 registers a
+// resuming client (Clients.Add) before it writes the CONNACK, and its writer goroutine already
+// runs, so a message fanned out at that moment was written first and clients (paho.golang:
+// "unexpected packet") dropped the connection. Packets written before the CONNACK are held and
+// follow it; p may hold several packets (mochi batches writes). DISCONNECT and AUTH pass, as mochi
+// sends them. It returns what to write now, and false while nothing may be written yet.
+func (c *conn) beforeConnack(p []byte) ([]byte, bool) {
+	var connack, rest []byte
+	pass := false // a DISCONNECT or AUTH first, with nothing held
+	for i := 0; i < len(p); {
+		size, ok := packetLen(p[i:])
+		if !ok { // not whole packets (mochi always writes whole ones): stop reordering
+			c.connacked = true
+			out := slices.Concat(c.early, p)
+			c.early = nil
+			return out, true
+		}
+		pk := p[i : i+size]
+		i += size
+		switch pk[0] >> 4 {
+		case packets.Connack:
+			connack = pk
+			continue
+		case packets.Disconnect, packets.Auth:
+			if connack == nil && len(c.early) == 0 && len(rest) == 0 {
+				pass = true
+			}
+		}
+		rest = append(rest, pk...)
+	}
+	switch {
+	case connack != nil:
+		c.connacked = true
+		out := slices.Concat(connack, c.early, rest)
+		c.early = nil
+		return out, true
+	case pass:
+		return rest, true
+	}
+	c.early = append(c.early, rest...)
+	return nil, false
+}
+
+// packetLen returns the size of the MQTT packet at the start of b, false if b does not hold it all.
+func packetLen(b []byte) (int, bool) {
+	n, mul := 0, 1
+	for i := 1; i < len(b) && i <= 4; i++ {
+		n += int(b[i]&0x7f) * mul
+		if b[i]&0x80 == 0 {
+			size := 1 + i + n
+			return size, size <= len(b)
+		}
+		mul *= 128
+	}
+	return 0, false
+}
+
+// writeLocked writes p at once or buffers it (see the type comment); c.mu is held.
+func (c *conn) writeLocked(p []byte) (int, error) {
 	direct := c.reading && c.held == 0
 	if (direct || c.srv.noCoalesce) && (c.buf == nil || len(*c.buf) == 0) {
 		n, err := c.Conn.Write(p)

@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"slices"
@@ -110,6 +111,14 @@ func TestHoldWrites(t *testing.T) {
 		defer c.mu.Unlock()
 		return c.reading
 	})
+	connack := []byte{0x20, 2, 0, 0}
+	if _, err := c.Write(connack); err != nil { // nothing else leaves before it
+		t.Fatal(err)
+	}
+	_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(peer, make([]byte, len(connack))); err != nil {
+		t.Fatalf("peer read CONNACK: %v", err)
+	}
 	pkt := []byte{0x40, 2, 0, 1} // a PUBACK
 	const n = 50
 	send := func(hold bool) int64 {
@@ -141,4 +150,76 @@ func TestHoldWrites(t *testing.T) {
 	peer.Close()
 	<-readDone
 	_ = c.Close()
+}
+
+// TestConnackFirst: packets written before the CONNACK (mochi fans a message out to a resuming
+// session before it writes the CONNACK) follow it on the wire, in order, also when the CONNACK
+// shares a write with them; a DISCONNECT with nothing held passes at once.
+func TestConnackFirst(t *testing.T) {
+	pair := func(t *testing.T) (*conn, net.Conn) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		peer, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		inner, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := newConn(inner, &Server{}, nil)
+		t.Cleanup(func() { _ = c.Close(); _ = peer.Close() })
+		return c, peer
+	}
+	read := func(t *testing.T, peer net.Conn, n int) []byte {
+		t.Helper()
+		b := make([]byte, n)
+		_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(peer, b); err != nil {
+			t.Fatalf("peer read: %v", err)
+		}
+		return b
+	}
+	pub1 := publishPacket(5, []byte("a/1"), []byte("one"))
+	pub2 := publishPacket(5, []byte("a/2"), make([]byte, 200)) // a two-byte remaining length
+	connack := []byte{0x20, 3, 1, 0, 0}
+	write := func(t *testing.T, c *conn, parts ...[]byte) {
+		t.Helper()
+		for _, p := range parts {
+			if n, err := c.Write(p); err != nil || n != len(p) {
+				t.Fatalf("Write: %d, %v", n, err)
+			}
+		}
+	}
+	t.Run("separate writes", func(t *testing.T) {
+		c, peer := pair(t)
+		write(t, c, pub1, pub2, connack)
+		want := slices.Concat(connack, pub1, pub2)
+		if got := read(t, peer, len(want)); !bytes.Equal(got, want) {
+			t.Fatalf("wire % x\nwant % x", got, want)
+		}
+		write(t, c, pub1) // after the CONNACK: straight through
+		if got := read(t, peer, len(pub1)); !bytes.Equal(got, pub1) {
+			t.Fatalf("after CONNACK: % x", got)
+		}
+	})
+	t.Run("one batched write", func(t *testing.T) {
+		c, peer := pair(t)
+		write(t, c, pub1, slices.Concat(pub2, connack, pub1))
+		want := slices.Concat(connack, pub1, pub2, pub1)
+		if got := read(t, peer, len(want)); !bytes.Equal(got, want) {
+			t.Fatalf("wire % x\nwant % x", got, want)
+		}
+	})
+	t.Run("disconnect passes", func(t *testing.T) {
+		c, peer := pair(t)
+		disconnect := []byte{0xe0, 1, 0x8b}
+		write(t, c, disconnect)
+		if got := read(t, peer, len(disconnect)); !bytes.Equal(got, disconnect) {
+			t.Fatalf("wire % x", got)
+		}
+	})
 }
