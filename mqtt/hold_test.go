@@ -85,20 +85,7 @@ func (c *countConn) Write(p []byte) (int, error) {
 // TestHoldWrites: while the reader waits in Read, writes go out at once, one write(2) each; under
 // a hold they leave together when it is released.
 func TestHoldWrites(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	peer, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
-	inner, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	inner, peer := socketPair(t)
 	cc := &countConn{Conn: inner}
 	c := newConn(cc, &Server{}, nil)
 	readDone := make(chan struct{})
@@ -157,19 +144,7 @@ func TestHoldWrites(t *testing.T) {
 // shares a write with them; a DISCONNECT with nothing held passes at once.
 func TestConnackFirst(t *testing.T) {
 	pair := func(t *testing.T) (*conn, net.Conn) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		peer, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		inner, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
+		inner, peer := socketPair(t)
 		c := newConn(inner, &Server{}, nil)
 		t.Cleanup(func() { _ = c.Close(); _ = peer.Close() })
 		return c, peer
@@ -222,4 +197,26 @@ func TestConnackFirst(t *testing.T) {
 			t.Fatalf("wire % x", got)
 		}
 	})
+}
+
+// socketPair is a connected pair of TCP sockets on 127.0.0.1: the accepted side and the dialing
+// peer, closed at cleanup.
+func socketPair(t *testing.T) (accepted, peer net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted, err = ln.Accept()
+	if err != nil {
+		peer.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { accepted.Close(); peer.Close() })
+	return accepted, peer
 }
