@@ -31,26 +31,12 @@ type faultEnv struct {
 	acked        map[string]string // id → payload of every message whose Enqueue succeeded
 	ctx          context.Context
 	maybe        map[string]bool // payloads whose Enqueue failed but which may have been written
-	logs         lockedBuffer
+	logs         waltest.LogBuffer
 }
 
-// lockedBuffer collects log lines written from several goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// line returns the first logged JSON line that contains every part, or "".
-func (l *lockedBuffer) line(parts ...string) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for ln := range strings.Lines(l.b.String()) {
+// logLine returns the first JSON line in logs that contains every part, or "".
+func logLine(logs *waltest.LogBuffer, parts ...string) string {
+	for ln := range strings.Lines(logs.String()) {
 		if !slices.ContainsFunc(parts, func(p string) bool { return !strings.Contains(ln, p) }) {
 			return ln
 		}
@@ -231,7 +217,7 @@ func TestRecoverAfterFailure(t *testing.T) {
 				{`"level":"error"`, `"component":"queue"`, `"queue":"q"`, `"error":"wal: failed: `, "injected fault", "queue refuses writes until it is reopened"},
 				{`"level":"info"`, `"component":"queue"`, `"queue":"q"`, `"cause":"wal: failed: `, `"recoveries":1`, "queue reopened after a failed write"},
 			} {
-				if e.logs.line(want...) == "" {
+				if logLine(&e.logs, want...) == "" {
 					t.Errorf("no log line with %q", want)
 				}
 			}

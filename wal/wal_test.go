@@ -91,24 +91,6 @@ func checkRecords(tb testing.TB, l *wal.Log, from, to uint64, gen string) {
 	}
 }
 
-// logBuffer is a concurrency-safe zerolog sink.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (lb *logBuffer) Write(p []byte) (int, error) {
-	lb.mu.Lock()
-	defer lb.mu.Unlock()
-	return lb.b.Write(p)
-}
-
-func (lb *logBuffer) String() string {
-	lb.mu.Lock()
-	defer lb.mu.Unlock()
-	return lb.b.String()
-}
-
 func TestCorruption(t *testing.T) {
 	const seg1 = "00000000000000000001"
 	// offset of byte k of the payload of record i (1-based) in a single-segment log
@@ -257,7 +239,7 @@ func TestCorruption(t *testing.T) {
 
 			tt.damage(t, dir)
 
-			var logs logBuffer
+			var logs waltest.LogBuffer
 			opts.Repair = tt.repair
 			opts.Logger = zerolog.New(&logs)
 			l, err := wal.Open(dir, opts)

@@ -18,6 +18,7 @@ import (
 	"github.com/sluicemq/sluice/mqtt"
 	"github.com/sluicemq/sluice/mqtt/mqtttest"
 	"github.com/sluicemq/sluice/queue/client"
+	"github.com/sluicemq/sluice/wal/waltest"
 )
 
 // TestPipelinedAcksThroughServe drives the wired broker (mqtt.Server + startQueues, which turns
@@ -156,7 +157,7 @@ func TestQueuesStartedLine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var buf syncBuffer // the queues log from their goroutines too
+	var buf waltest.LogBuffer // the queues log from their goroutines too
 	_, stop, err := startQueues(context.Background(), cfg, srv, nil, nil, zerolog.New(&buf))
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/sluicemq/sluice/queue/client"
+	"github.com/sluicemq/sluice/wal/waltest"
 )
 
 const testAPIKey = "e2e-admin-key-0123456789"
@@ -250,7 +251,7 @@ func TestQueueCommand(t *testing.T) {
 	}
 	// tail prints and acks until interrupted.
 	tailCtx, stopTail := context.WithCancel(context.Background())
-	var tailOut syncBuffer
+	var tailOut waltest.LogBuffer
 	tailCode := make(chan int, 1)
 	go func() {
 		tailCode <- cmdQueueWithStdin(tailCtx, []string{"tail", "telemetry", "--url", "http://" + h, "--key", testAPIKey, "--batch", "10"},
@@ -297,24 +298,6 @@ func TestQueueCommand(t *testing.T) {
 	if code, out, errOut := runCLI(t, "queue", "ls"); code != 0 || !strings.Contains(out, "telemetry") {
 		t.Errorf("sluice queue ls with SLUICE_URL/SLUICE_API_KEY: exit %d, %q %q", code, out, errOut)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestQueuesSurviveSIGKILL is the test 2: devices publish QoS 1 with sequence numbers while a

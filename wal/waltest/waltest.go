@@ -1,9 +1,10 @@
 // Package waltest holds test helpers for logs of package wal: a
-// fault-injecting wal.FS and functions that damage segment files the way
-// crashes and bad disks do.
+// fault-injecting wal.FS, functions that damage segment files the way
+// crashes and bad disks do, and a log sink safe for concurrent writers.
 package waltest
 
 import (
+	"bytes"
 	"errors"
 	"io/fs"
 	"os"
@@ -217,4 +218,24 @@ func WriteAt(tb testing.TB, path string, off int64, b []byte) {
 	if _, err := f.WriteAt(b, off); err != nil {
 		tb.Fatal(err)
 	}
+}
+
+// LogBuffer collects what loggers write from several goroutines (a zerolog sink); the zero value
+// is ready to use.
+type LogBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String returns everything written so far.
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
