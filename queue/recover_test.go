@@ -91,6 +91,18 @@ func (e *faultEnv) mustFail(p string) {
 	e.maybe[p] = true
 }
 
+// downWithFailingReopen stores "a" in "q", then makes its writes fail ("x" fails) and any reopen
+// fail too (wal.Open's directory fsync).
+func (e *faultEnv) downWithFailingReopen() {
+	e.t.Helper()
+	if err := e.enqueue("q", "a"); err != nil {
+		e.t.Fatal(err)
+	}
+	e.msgFS.FailWrites(waltest.ErrInjected)
+	e.msgFS.FailDirSyncs(waltest.ErrInjected)
+	e.mustFail("x")
+}
+
 // drain receives everything that is ready in "q" and checks it against what was acknowledged.
 func (e *faultEnv) drain() []Delivery {
 	e.t.Helper()
@@ -301,12 +313,7 @@ func TestRecoverRetryInterval(t *testing.T) {
 // the reopen is tried again once per retry interval, and succeeds once the fault is gone.
 func TestRecoverReopenFails(t *testing.T) {
 	e := newFaultEnv(t)
-	if err := e.enqueue("q", "a"); err != nil {
-		t.Fatal(err)
-	}
-	e.msgFS.FailWrites(waltest.ErrInjected)
-	e.msgFS.FailDirSyncs(waltest.ErrInjected)
-	e.mustFail("x")
+	e.downWithFailingReopen()
 	tries := func() int { _, _, n := e.msgFS.Counts(); return n }
 	for round := range 2 {
 		e.clock.Advance(recoverEvery)
@@ -344,12 +351,7 @@ func TestRecoverReopenFails(t *testing.T) {
 // nothing leaks (goleak), and the data opens again.
 func TestCloseWhileDown(t *testing.T) {
 	e := newFaultEnv(t)
-	if err := e.enqueue("q", "a"); err != nil {
-		t.Fatal(err)
-	}
-	e.msgFS.FailWrites(waltest.ErrInjected)
-	e.msgFS.FailDirSyncs(waltest.ErrInjected)
-	e.mustFail("x")
+	e.downWithFailingReopen()
 	e.clock.Advance(recoverEvery)
 	e.mustFail("y")
 	_ = e.m.Close() // reports the failure
