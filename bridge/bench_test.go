@@ -160,8 +160,9 @@ var benchSync = cmp.Or(os.Getenv("SLUICE_BENCH_SYNC"), "always")
 // the bridge on (the topic matches a rule) and off (same broker, a topic without rule). One
 // iteration is a round in which every connection publishes a fixed number of messages;
 // msgs/s is the figure to read. publishers=1/inflight=100 is a single busy gateway connection.
-// All variants run on our mqtt.Server; pipeline=on re-injects through mqtt.Server.InjectPacket
-// as sluice serve does: compare it with bridge=on for the gain.
+// All variants run on our mqtt.Server; bridge=pipelined gates PUBACKs (mqtt.Server.GateAck) as
+// sluice serve does: compare it with bridge=blocking for the gain. recs/commit is the mean group
+// commit, fsync-µs the mean fsync.
 // SLUICE_BENCH_SYNC=none shows the cost without fsync.
 func BenchmarkBridgeIngest(b *testing.B) {
 	type variant struct {
@@ -169,7 +170,7 @@ func BenchmarkBridgeIngest(b *testing.B) {
 		name         string
 	}
 	for _, c := range []struct{ publishers, inflight, perRound int }{{100, 1, 50}, {100, 8, 200}, {100, 32, 400}, {1, 100, 5000}} {
-		for _, v := range []variant{{true, false, "bridge=on"}, {true, true, "bridge=on/pipeline=on"}, {false, false, "bridge=off"}} {
+		for _, v := range []variant{{true, false, "bridge=blocking"}, {true, true, "bridge=pipelined"}, {false, false, "bridge=off"}} {
 			name := fmt.Sprintf("qos=1/publishers=%d/inflight=%d/%s", c.publishers, c.inflight, v.name)
 			on := v.on
 			b.Run(name, func(b *testing.B) {
@@ -210,6 +211,9 @@ func BenchmarkBridgeIngest(b *testing.B) {
 				b.ReportMetric(float64(total)/b.Elapsed().Seconds(), "msgs/s")
 				if on {
 					b.ReportMetric(meanEnqueueMicros(b, r), "enqueue-µs")
+					commits, fsyncs := sum(b, r, "sluice_queue_commits_total"), sum(b, r, "sluice_queue_fsyncs_total")
+					b.ReportMetric(sum(b, r, "sluice_queue_committed_records_total")/commits, "recs/commit")
+					b.ReportMetric(sum(b, r, "sluice_queue_fsync_seconds_total")/fsyncs*1e6, "fsync-µs")
 					if st, err := r.m.Stats("telemetry"); err != nil || st.Ready != int64(total) {
 						b.Fatalf("queue holds %d of %d (%v)", st.Ready, total, err)
 					}
@@ -228,7 +232,7 @@ func BenchmarkPublishLatency(b *testing.B) {
 	for _, v := range []struct {
 		name         string
 		on, pipeline bool
-	}{{"bridge=off", false, true}, {"bridge=on/pipeline=off", true, false}, {"bridge=on/pipeline=on", true, true}} {
+	}{{"bridge=off", false, true}, {"bridge=blocking", true, false}, {"bridge=pipelined", true, true}} {
 		rate := 10000
 		b.Run(fmt.Sprintf("qos=1/rate=%d/publishers=50/%s", rate, v.name), func(b *testing.B) {
 			r := newRig(b, rigOptions{rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}}, pipeline: v.pipeline})
@@ -272,6 +276,23 @@ func BenchmarkPublishLatency(b *testing.B) {
 			b.ReportMetric(float64(lag.ValueAtQuantile(99)), "lag-p99-µs")
 		})
 	}
+}
+
+// sum adds up the values of every series of the metric name in r's registry.
+func sum(tb testing.TB, r *rig, name string) float64 {
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var v float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				v += m.GetCounter().GetValue() + m.GetGauge().GetValue() + m.GetUntyped().GetValue()
+			}
+		}
+	}
+	return v
 }
 
 // meanEnqueueMicros is the mean time a bridged publish waited for its record to be durable.

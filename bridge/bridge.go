@@ -38,11 +38,11 @@ type Options struct {
 	AsyncBuffer int
 	// AsyncBatch is the largest batch the background writer enqueues at once; 0 → 512.
 	AsyncBatch int
-	// Pipeline, when set (the broker's *mochi.Server), lets a connection have many QoS 1 publishes
-	// waiting for durability at once instead of one: the hook returns at once and the publish is
-	// re-injected into the broker once durable (see pipeline.go). nil → OnPublish blocks until the
-	// record is durable, which caps one connection at one group commit per message.
-	Pipeline Injector
+	// Pipeline, when set (the broker's *mqtt.Server), lets a connection have many QoS 1 publishes
+	// waiting for durability at once instead of one: the hook returns at once and the publish's
+	// PUBACK waits on the connection until the record is durable (see pipeline.go). nil → OnPublish
+	// blocks until the record is durable, which caps one connection at one group commit per message.
+	Pipeline AckGater
 	// PipelineDepth bounds the publishes one client may have waiting in its pipe; 0 → 256.
 	PipelineDepth int
 	Logger        zerolog.Logger
@@ -338,16 +338,16 @@ func (h *hook) Provides(x byte) bool {
 	return x == mochi.OnPublish || ((x == mochi.OnDisconnect || x == mochi.OnACLCheck) && h.b.opts.Pipeline != nil)
 }
 
-// OnACLCheck keeps the ack order when the broker's ACL denies a publish of a client with pipelined
-// publishes pending. mochi asks a hook only after every earlier one denied (any hook allowing
-// allows), and answers the denial (MQTT 5 PUBACK 0x87, MQTT 3 disconnect) on the reader goroutine
-// at once: that answer must wait until the pending publishes were acked [MQTT-4.6.0-2]. It never
-// allows anything itself.
+// OnACLCheck keeps the acks of an MQTT 3.1.1 client whose publish the broker's ACL denies. mochi
+// asks a hook only after every earlier one denied (any hook allowing allows), and disconnects a
+// 3.1.1 client at once (there is no reason code to send): the client's pipelined publishes first
+// get their PUBACKs. (An MQTT 5 client gets PUBACK 0x87, which waits behind the pending ones on its
+// connection.) It never allows anything itself.
 func (h *hook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
-	if !write {
+	if !write || cl.Properties.ProtocolVersion == 5 {
 		return false
 	}
-	if p := h.b.existingPipe(cl); p != nil && p.pending.Load() > 0 && !p.injecting(topic) {
+	if p := h.b.existingPipe(cl); p != nil {
 		p.drain()
 	}
 	return false
@@ -368,14 +368,11 @@ func (h *hook) timeout(cl *mochi.Client) time.Duration {
 	return d
 }
 
-// OnPublish bridges pk into the queues of the rules it matches. For QoS 1 and 2 it returns only
-// once the record is durable in every such queue; on failure it makes mochi send no success ack:
-// MQTT 5 clients get 0x97 (a queue is full) or 0x80, MQTT 3.1.1 clients get no ack at all.
+// OnPublish bridges pk into the queues of the rules it matches. For QoS 1 and 2 the ack waits
+// until the record is durable in every such queue: OnPublish returns only then, or (pipelining)
+// gates the PUBACK on the connection. On failure no success ack is sent: MQTT 5 clients get 0x97
+// (a queue is full) or 0x80, MQTT 3.1.1 clients get no ack at all.
 func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.Mods.MaxSize == injectMark {
-		pk.Mods.MaxSize = 0 // our re-injection of a stored publish: let mochi ack and deliver it
-		return pk, nil
-	}
 	var buf [4]string
 	qs := h.b.router.route(buf[:0], pk.TopicName, pk.FixedHeader.Qos)
 	if h.b.opts.Pipeline != nil && !cl.Net.Inline {
@@ -383,8 +380,8 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 			if p := h.b.existingPipe(cl); p != nil {
 				p.drain()
 			}
-		} else if h.pipelined(cl, pk, qs) {
-			return pk, packets.ErrRejectPacket // mochi does nothing now; the pipe re-injects it
+		} else if pk.FixedHeader.Qos == 1 && len(qs) > 0 && h.pipelined(cl, &pk, qs) {
+			return pk, nil // mochi goes on; its PUBACK waits at the gate until the record is durable
 		}
 	}
 	if len(qs) == 0 {

@@ -61,7 +61,8 @@ func newRig(t testing.TB, o rigOptions) *rig {
 			o.queues[r.Queue] = queue.Config{}
 		}
 	}
-	m, err := queue.Open(t.TempDir(), queue.Options{Queues: o.queues})
+	reg := prometheus.NewRegistry()
+	m, err := queue.Open(t.TempDir(), queue.Options{Queues: o.queues, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +70,6 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	if o.wrap != nil {
 		enq = o.wrap(m)
 	}
-	reg := prometheus.NewRegistry()
 	hash, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)

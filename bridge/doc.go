@@ -32,16 +32,17 @@
 //
 // Blocking in OnPublish caps one connection at one group commit per message (a gateway with 100
 // messages in flight gets ~1/fsync-latency messages/s). With Options.Pipeline set to the broker
-// (*mqtt.Server, as sluice serve does, or a *mochi.Server: their InjectPacket), QoS 1 publishes are
-// pipelined instead: the hook hands the record
-// to the client's writer, which writes everything that arrived during the previous commit as one
-// ordered batch, and re-injects each publish into mochi once it is durable, so mochi acks and
-// delivers it as usual. PUBACKs keep the order of the PUBLISHes, records keep the client's order,
-// subscribers see each topic in order, and a client with PipelineDepth publishes waiting is slowed
-// down. QoS 2 is never pipelined. The broker's ACL is checked when the publish is read (a denied
-// one is never stored; its 0x87 waits for the acks of the publishes before it) and again when it is
-// re-injected. mochi's own $SYS received-message counters count a pipelined publish twice (read
-// and re-injected); mqtt.Server's metrics count it once.
+// (*mqtt.Server, as sluice serve does), QoS 1 publishes are pipelined instead: the hook gates the
+// publish's PUBACK on its connection (mqtt.AckGate) and hands the record to the client's writer,
+// and mochi handles the publish at once (ACL, retain, delivery, PUBACK). The writer writes
+// everything that arrived during the previous commit as one ordered batch and, once it is durable,
+// opens the gates, so the round's PUBACKs leave in one write. PUBACKs keep the order of the
+// PUBLISHes (acks of unbridged or denied publishes wait behind the gates), records keep the
+// client's order, subscribers see each topic in order, and a client with PipelineDepth publishes
+// waiting is slowed down. QoS 2 is never pipelined. The broker's ACL is checked once, when the
+// publish is read; a denied one is never stored. Subscribers receive a pipelined message before it
+// is durable, as they would without the bridge; if its record then fails, the publisher gets 0x97
+// or 0x80 (MQTT 5) or no ack (3.1.1, which resends: subscribers may see it twice).
 //
 // # Example
 //

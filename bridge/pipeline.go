@@ -4,60 +4,57 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/sluicemq/sluice/mqtt"
 	"github.com/sluicemq/sluice/queue"
 )
 
-// Injector runs a PUBLISH through the broker as if the client had just sent it: *mochi.Server's
-// InjectPacket. With one, the bridge pipelines QoS 1 acks (see Options.Pipeline).
-type Injector interface {
-	InjectPacket(cl *mochi.Client, pk packets.Packet) error
+// AckGater holds the acknowledgement of a publish on its connection until it is opened:
+// *mqtt.Server is one (see mqtt.AckGate). With one, the bridge pipelines QoS 1 acks (see
+// Options.Pipeline).
+type AckGater interface {
+	GateAck(cl *mochi.Client, packetID uint16) *mqtt.AckGate
+	OpenAcks(gates []*mqtt.AckGate, codes []byte)
 }
 
-// injectMark in Mods.MaxSize tells OnPublish that a packet is the bridge's own re-injection.
-// Packets read from a client never carry Mods (mochi sets them only on outbound packets), and
-// OnPublish clears the mark before mochi uses the packet.
-const injectMark = 0x5b1c_e0ff
-
 // Pipelining: the hook does not block the client's read goroutine while a QoS 1 record is being
-// made durable. It queues the publish on the client's FIFO, its pipe, and tells mochi to drop the
-// packet for now (ErrRejectPacket: no ack, no delivery, no quota change). The pipe's goroutine
-// writes everything that accumulated during the previous group commit as one ordered batch and,
-// once it is durable, re-injects each PUBLISH into mochi, which then does exactly what it does for
-// any publish: ACL, retain, PUBACK, delivery to subscribers, hooks. On failure it writes the
-// failure PUBACK itself (MQTT 5) or nothing (3.1.1).
+// made durable. It gates the publish's PUBACK on the connection (AckGater.GateAck), queues the
+// record on the client's FIFO, its pipe, and lets mochi handle the publish at once as it does any
+// other: ACL, retain, delivery to subscribers, PUBACK — which waits at the gate. The pipe's
+// goroutine writes everything that accumulated during the previous group commit as one ordered
+// batch and, once it is durable, opens the round's gates together: their PUBACKs leave in one
+// write, or, for a record that failed, a PUBACK with 0x97 or 0x80 (MQTT 5) or nothing (3.1.1).
 //
-// While a client has publishes in its pipe, its later publishes (bridged or not, QoS 0 or 1) go
-// through the pipe too, so PUBACKs leave in the order the PUBLISHes came [MQTT-4.6.0-2] and
-// subscribers see each topic in order. QoS 2 publishes first wait for the pipe to drain and are
-// then handled without pipelining: mochi's QoS 2 state (PUBREC in flight, DUP resends) stays
-// mochi's. The pipe holds at most PipelineDepth publishes; a client that sends more waits.
+// Acknowledgements written behind a gate wait behind it (mqtt.AckGate), so PUBACKs leave in the
+// order the PUBLISHes came [MQTT-4.6.0-2] also when unbridged or denied publishes are mixed in.
+// Subscribers get messages in the order they were published, before they are durable (as they
+// would without the bridge); a publish whose record fails was delivered to subscribers all the
+// same, and a 3.1.1 client's resend of it is delivered again (QoS 1 is at least once). QoS 2
+// publishes first wait for the pipe to drain and are then handled without pipelining: mochi's QoS 2
+// state (PUBREC in flight, DUP resends) stays mochi's. The pipe holds at most PipelineDepth
+// publishes; a client that sends more waits.
 
 type pipe struct {
 	cl      *mochi.Client
-	items   chan *pending // in arrival order, for the acks
+	items   chan *pending // in arrival order
 	pending atomic.Int64  // items queued and not yet handled
 
-	// injectTopic is the topic of the publish the pipe goroutine is re-injecting (nil: none). A
-	// re-injected publish denied by an ACL changed since it was read is told apart from one the
-	// reader is checking by the identity of its topic string (see injecting).
-	injectTopic atomic.Pointer[string]
-
 	batch []*pending // owned by the pipe goroutine: the items of the current round
+	gates []*mqtt.AckGate
+	codes []byte
 }
 
 type pending struct {
-	pk      packets.Packet
-	qs      []string      // queues to write into (none: only keep the order)
-	msg     queue.Message // the record, when qs is not empty
+	gate    *mqtt.AckGate
+	qs      []string // queues to write into (in qbuf unless a message matches more)
+	qbuf    [4]string
+	msg     queue.Message // the record
 	err     error         // of the write
 	barrier chan struct{} // non-nil: just signal when reached
 }
@@ -86,16 +83,6 @@ func (b *Bridge) existingPipe(cl *mochi.Client) *pipe {
 func (p *pipe) push(it *pending) {
 	p.pending.Add(1)
 	p.items <- it
-}
-
-// injecting reports whether topic is the very string (same bytes in memory, not merely equal) of
-// the publish the pipe goroutine is re-injecting, that is, whether the caller is the pipe goroutine
-// inside InjectPacket. The reader's packets are decoded into strings of their own, so a reader
-// checking an equal topic at the same moment is not mistaken for it (and the pipe goroutine must
-// not wait for its own pipe to drain).
-func (p *pipe) injecting(topic string) bool {
-	t := p.injectTopic.Load()
-	return t != nil && len(topic) > 0 && len(*t) == len(topic) && unsafe.StringData(*t) == unsafe.StringData(topic)
 }
 
 // drain waits until every publish queued on p so far has been handled.
@@ -146,8 +133,10 @@ func (b *Bridge) writeBatch(batch []*pending) {
 	write := func(q string) {
 		its := byQueue[q]
 		if err := b.enqueueBatch(q, its); err != nil {
-			if len(its) > 1 && errors.Is(err, queue.ErrTooLarge) {
-				for _, it := range its { // find the one too large; the others go in
+			if len(its) > 1 && (errors.Is(err, queue.ErrTooLarge) || errors.Is(err, queue.ErrFull)) {
+				// A batch is refused whole; one by one, in order, what fits goes in as it would
+				// have, sent alone: the first publishes before a full queue, all but a too-large one.
+				for _, it := range its {
 					if err := b.enqueueBatch(q, []*pending{it}); err != nil {
 						fail(it, err)
 					}
@@ -196,13 +185,11 @@ func (b *Bridge) enqueueBatch(q string, its []*pending) error {
 
 // runPipe is the pipe's goroutine. Each round it takes every item queued so far (at least one),
 // writes their records into their queues (one Enqueue per queue: one client shares a group commit
-// among everything it sent meanwhile, in order) and then acks them in order by re-injecting each
-// publish. While it waits for a commit the next round's items accumulate. The acks of one round
-// leave the connection in one write (without holding them, every PUBACK was a write(2) of its own,
-// a quarter of the broker's CPU at 100 busy connections).
+// among everything it sent meanwhile, in order) and then opens their gates together, so that the
+// round's PUBACKs leave the connection in one write. While it waits for a commit the next round's
+// items accumulate.
 func (b *Bridge) runPipe(p *pipe) {
 	defer b.pipeWG.Done()
-	holder, _ := b.opts.Pipeline.(writeHolder)
 	for it := range p.items {
 		batch := append(p.batch[:0], it)
 	more:
@@ -219,99 +206,81 @@ func (b *Bridge) runPipe(p *pipe) {
 		}
 		var write []*pending
 		for _, it := range batch {
-			if len(it.qs) > 0 {
+			if it.barrier == nil {
 				write = append(write, it)
 			}
 		}
 		if len(write) > 0 {
 			b.writeBatch(write)
 		}
-		release := func() {}
-		if holder != nil {
-			release = holder.HoldWrites(p.cl)
+		gates, codes := p.gates[:0], p.codes[:0]
+		for _, it := range write {
+			gates = append(gates, it.gate)
+			codes = append(codes, ackCode(it.err))
+		}
+		if len(gates) > 0 {
+			b.opts.Pipeline.OpenAcks(gates, codes)
 		}
 		for i, it := range batch {
-			switch {
-			case it.barrier != nil:
+			if it.barrier != nil {
 				close(it.barrier)
-			case it.err != nil:
-				b.failAck(p.cl, it.pk, it.err)
-			default:
-				pk := it.pk
-				pk.Mods.MaxSize = injectMark
-				// The topic alias was resolved when the packet was read; do not set it again.
-				pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
-				p.injectTopic.Store(&pk.TopicName)
-				_ = b.opts.Pipeline.InjectPacket(p.cl, pk) // fails only when the client is gone: it resends
-				p.injectTopic.Store(nil)
+			} else {
+				*it = pending{}
+				pendingPool.Put(it)
 			}
 			batch[i] = nil
-			p.pending.Add(-1)
 		}
-		release()
+		clear(gates)
+		p.gates, p.codes = gates[:0], codes[:0]
+		p.pending.Add(-int64(len(batch)))
 		p.batch = batch[:0]
 	}
 }
+
+// pendingPool recycles the pipes' items (a record and its gate; about 1 KB a publish otherwise).
+var pendingPool = sync.Pool{New: func() any { return new(pending) }}
+
+// ackCode is the PUBACK reason code for a publish whose record write ended with err.
+func ackCode(err error) byte {
+	switch {
+	case err == nil:
+		return packets.CodeSuccess.Code
+	case isFull(err):
+		return packets.ErrQuotaExceeded.Code
+	default:
+		return packets.ErrUnspecifiedError.Code
+	}
+}
+
+func isFull(err error) bool { _, full := failure(err); return full }
 
 // inputPeeker is implemented by *mqtt.Server: see its InputBuffered.
 type inputPeeker interface {
 	InputBuffered(cl *mochi.Client) bool
 }
 
-// writeHolder is implemented by *mqtt.Server: see its HoldWrites.
-type writeHolder interface {
-	HoldWrites(cl *mochi.Client) (release func())
-}
-
-// failAck tells the publisher its publish was not stored: MQTT 5 gets a PUBACK with a reason code,
-// MQTT 3.1.1 nothing (it resends).
-func (b *Bridge) failAck(cl *mochi.Client, pk packets.Packet, err error) {
-	if cl.Properties.ProtocolVersion != 5 || pk.FixedHeader.Qos == 0 {
-		return
-	}
-	code := packets.ErrUnspecifiedError
-	if _, full := failure(err); full {
-		code = packets.ErrQuotaExceeded
-	}
-	_ = cl.WritePacket(packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Puback},
-		PacketID:    pk.PacketID,
-		ReasonCode:  code.Code,
-		Properties:  packets.Properties{ReasonString: code.Reason},
-	})
-}
-
-// pipelined handles a QoS 0 or 1 publish of a network client when pipelining is on. It returns
-// handled=false when the publish should take the ordinary path (nothing pending, nothing to store).
-func (h *hook) pipelined(cl *mochi.Client, pk packets.Packet, qs []string) (handled bool) {
+// pipelined handles a bridged QoS 1 publish of a network client when pipelining is on. It
+// returns false when the publish should take the blocking path.
+func (h *hook) pipelined(cl *mochi.Client, pk *packets.Packet, qs []string) bool {
 	b := h.b
 	p := b.existingPipe(cl)
-	busy := p != nil && p.pending.Load() > 0
-	if pk.FixedHeader.Qos == 0 || len(qs) == 0 {
-		if !busy {
-			return false
-		}
-		// Behind pending publishes: keep the order.
-		if len(qs) > 0 {
-			msg := b.message(cl, &pk)
-			for _, q := range qs {
-				b.offer(q, msg)
-			}
-		}
-		p.push(&pending{pk: pk})
-		return true
-	}
-	if !busy {
+	if p == nil || p.pending.Load() == 0 {
 		// Nothing pending and nothing received behind this publish: pipelining would only add
 		// the pipe's hand-offs to its ack. Block instead; the reader has nothing else to do.
 		if in, ok := b.opts.Pipeline.(inputPeeker); ok && !in.InputBuffered(cl) {
 			return false
 		}
 	}
+	g := b.opts.Pipeline.GateAck(cl, pk.PacketID)
+	if g == nil {
+		return false
+	}
 	if p == nil {
 		p = b.pipeFor(cl)
 	}
-	p.push(&pending{pk: pk, qs: slices.Clone(qs), msg: b.message(cl, &pk)}) // blocks while the pipe is full
+	it := pendingPool.Get().(*pending)
+	it.gate, it.qs, it.msg = g, append(it.qbuf[:0], qs...), b.message(cl, pk)
+	p.push(it) // blocks while the pipe is full
 	return true
 }
 

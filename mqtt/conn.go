@@ -51,6 +51,7 @@ type conn struct {
 	// (beforeConnack).
 	connacked bool
 	early     []byte
+	acks      []ackItem // gates not yet opened, and acknowledgements behind them (ackgate.go)
 	closed    bool
 	timer     *time.Timer
 	armed     bool
@@ -103,6 +104,15 @@ func (c *conn) Write(p []byte) (int, error) {
 		}
 		if _, err := c.writeLocked(out); err != nil {
 			return 0, err
+		}
+		return len(p), nil
+	}
+	if len(c.acks) > 0 {
+		out := c.gateLocked(p)
+		if len(out) > 0 {
+			if _, err := c.writeLocked(out); err != nil {
+				return 0, err
+			}
 		}
 		return len(p), nil
 	}
@@ -260,6 +270,14 @@ func (c *conn) Close() error {
 		c.mu.Unlock()
 		return nil
 	}
+	if len(c.acks) > 0 {
+		if out := c.closingAcksLocked(); len(out) > 0 && c.werr == nil {
+			if c.buf == nil {
+				c.buf = writeBufPool.Get().(*[]byte)
+			}
+			*c.buf = append(*c.buf, out...)
+		}
+	}
 	if c.buf != nil && len(*c.buf) > 0 && c.werr == nil {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
 		_ = c.flushLocked()
@@ -297,6 +315,7 @@ func (c *conn) abort() {
 		c.timer.Stop()
 	}
 	c.buf = nil
+	c.acks = nil
 	c.mu.Unlock()
 	if c.ln != nil {
 		c.ln.untrack(c)

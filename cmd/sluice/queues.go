@@ -62,8 +62,9 @@ func startQueues(ctx context.Context, cfg *configs.Config, srv *mqtt.Server, mux
 		return nil, nil, fmt.Errorf("open queues: %w", err)
 	}
 	bopts := bridge.Options{Rules: rules, Logger: log, Registerer: reg}
-	// Pipelined acks: the bridge re-injects each stored QoS 1 publish through srv.InjectPacket, so one
-	// busy connection shares group commits instead of waiting for one per message.
+	// Pipelined acks: the bridge gates each bridged QoS 1 publish's PUBACK on its connection until the
+	// record is durable (srv.GateAck), so one busy connection shares group commits instead of
+	// waiting for one per message.
 	bopts.Pipeline = srv
 	b, err := bridge.New(m, bopts)
 	if err != nil {
