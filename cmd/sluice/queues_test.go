@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -503,5 +504,17 @@ func TestQueuesSurviveSIGKILL(t *testing.T) {
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(20 * time.Second); code != 0 {
 		t.Errorf("graceful shutdown after the test: exit code %d", code)
+	}
+}
+
+// TestSpareProc: serve adds one P for the queues' fsyncs, and leaves a GOMAXPROCS the user set alone.
+func TestSpareProc(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	defer runtime.GOMAXPROCS(before)
+	if _, ok := spareProc("3"); ok || runtime.GOMAXPROCS(0) != before {
+		t.Fatalf("GOMAXPROCS=3 set by the user: changed to %d", runtime.GOMAXPROCS(0))
+	}
+	if n, ok := spareProc(""); !ok || n != before+1 || runtime.GOMAXPROCS(0) != before+1 {
+		t.Fatalf("spareProc: %d %v, GOMAXPROCS %d; want %d", n, ok, runtime.GOMAXPROCS(0), before+1)
 	}
 }

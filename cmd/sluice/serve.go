@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -81,6 +82,9 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "sluice serve: %v\n", err)
 		return 2
 	}
+	if n, ok := spareProc(os.Getenv("GOMAXPROCS")); ok {
+		log.Debug().Int("gomaxprocs", n).Msg("one P more than the CPUs, for the queues' fsyncs")
+	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)
@@ -109,6 +113,21 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	a.log.Info().Msg("stopped")
 	return 0
+}
+
+// spareProc runs Go code on one more P than the CPUs it may use, unless the user set GOMAXPROCS
+// (env is its value). A queue's writer waits in fsync, a blocking system call during which it keeps
+// its P until the runtime takes it back, and after which it queues for a P behind every runnable
+// goroutine before it can wake the publishers whose records are durable. Measured on 2 CPUs
+// (BenchmarkBridgeIngest 100x8 with -cpu 2 and 3, and sluice loadtest against sluice serve):
+// +16–17% bridged QoS 1 ingest; ingest that does not fsync is unchanged.
+func spareProc(env string) (int, bool) {
+	if env != "" {
+		return 0, false
+	}
+	n := runtime.GOMAXPROCS(0) + 1
+	runtime.GOMAXPROCS(n)
+	return n, true
 }
 
 func configName(path string) string {
