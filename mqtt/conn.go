@@ -46,7 +46,6 @@ type conn struct {
 	mu      sync.Mutex
 	buf     *[]byte
 	reading bool
-	held    int // HoldWrites calls not yet released: buffer even while the reader is in Read
 	// connacked: the CONNACK has been written; until then other packets wait in early
 	// (beforeConnack).
 	connacked bool
@@ -178,7 +177,7 @@ func packetLen(b []byte) (int, bool) {
 
 // writeLocked writes p at once or buffers it (see the type comment); c.mu is held.
 func (c *conn) writeLocked(p []byte) (int, error) {
-	direct := c.reading && c.held == 0
+	direct := c.reading
 	if (direct || c.srv.noCoalesce) && (c.buf == nil || len(*c.buf) == 0) {
 		n, err := c.Conn.Write(p)
 		if err != nil {
@@ -205,26 +204,6 @@ func (c *conn) writeLocked(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
-}
-
-// hold makes Write buffer until the matching release, even while the reader is in Read; the
-// flushThreshold and flushDelay bounds still apply.
-func (c *conn) hold() {
-	c.mu.Lock()
-	c.held++
-	c.mu.Unlock()
-}
-
-// release ends a hold and, when it was the last one, writes what was buffered.
-func (c *conn) release() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.held > 0 {
-		c.held--
-	}
-	if c.held == 0 && !c.closed && c.buf != nil && len(*c.buf) > 0 {
-		_ = c.flushLocked()
-	}
 }
 
 func (c *conn) timerFlush() {

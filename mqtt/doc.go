@@ -43,8 +43,10 @@
 //     deadlock a subscriber (a recursive read lock in Inflight.NextImmediate) and leaks quota.
 //   - QoS 2 resends: a PUBLISH resent before PUBREL (its PUBREC was lost) gets PUBREC success
 //     again and is not delivered again [MQTT-4.3.3-10] (hook.resentQoS2; mochi answers 0x91).
-//   - InjectPacket, for the bridge's pipelined acks: a re-injected PUBLISH is checked by the ACL
-//     again but passes topic limits, the publish rate and the received-message count only once.
+//   - GateAck and OpenAcks, for the bridge's pipelined acks: a QoS 1 publish's PUBACK waits on its
+//     connection until opened, with the acks written after it waiting behind it (ackgate.go).
+//     InjectPacket runs a PUBLISH through mochi as if the client had sent it (checked by the ACL,
+//     but not counted against topic limits, the publish rate or the received-message count).
 //   - Persistence (StorageDir): mochi's bolt hook (bbolt), limited to persistent sessions and with
 //     mochi's lost in-flight packet ids restored; sessions, subscriptions, retained and in-flight
 //     messages survive restart and kill -9 (writes reach the page cache before the hook returns;
@@ -57,8 +59,9 @@
 //     into zerolog, sampled.
 //
 // Concurrency: New, AddHook and Start are called once, in that order, from one goroutine.
-// Addr, Reload and Ready are safe at any time from any goroutine; InjectPacket from any goroutine
-// after Start, for a client mochi handed to a hook. Shutdown may be called from any
+// Addr, Reload and Ready are safe at any time from any goroutine; InjectPacket and OpenAcks from
+// any goroutine after Start, for a client mochi handed to a hook; GateAck and InputBuffered from
+// a hook on the client's reader goroutine. Shutdown may be called from any
 // goroutine; it waits for every goroutine the server started.
 //
 // Example:

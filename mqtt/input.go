@@ -2,25 +2,6 @@ package mqtt
 
 import mochi "github.com/mochi-mqtt/server/v2"
 
-// HoldWrites makes the broker buffer what it writes to cl's connection, as it does while the
-// connection's reader is busy, until release is called: a caller about to make several packets go
-// out on one connection from outside its reader goroutine (the bridge re-injecting the publishes
-// of one group commit) turns their acks into one write(2) instead of one each. Buffered data still
-// leaves after at most flushDelay, or at once past flushThreshold bytes. Holds nest; release must
-// be called exactly once. For a client that is not on one of this server's listeners (mochi's
-// inline client) it does nothing.
-func (s *Server) HoldWrites(cl *mochi.Client) (release func()) {
-	if cl == nil {
-		return func() {}
-	}
-	c := connOf(cl)
-	if c == nil {
-		return func() {}
-	}
-	c.hold()
-	return c.release
-}
-
 // InputBuffered reports whether cl's connection has already received bytes past the packet being
 // handled: the next packet (or part of it) is waiting in the read buffer. Call it from a hook on
 // the connection's reader goroutine. The bridge pipelines a publish only when something waits

@@ -82,12 +82,14 @@ func (c *countConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// TestHoldWrites: while the reader waits in Read, writes go out at once, one write(2) each; under
-// a hold they leave together when it is released.
-func TestHoldWrites(t *testing.T) {
+// TestOpenAcksOneWrite: while the reader waits in Read, a write goes out at once, one write(2)
+// each; the gated PUBACKs of a round leave together, in one write(2), when OpenAcks opens them.
+func TestOpenAcksOneWrite(t *testing.T) {
 	inner, peer := socketPair(t)
 	cc := &countConn{Conn: inner}
 	c := newConn(cc, &Server{}, nil)
+	cl := &mochi.Client{Net: mochi.ClientConnection{Conn: c}}
+	cl.Properties.ProtocolVersion = 5
 	readDone := make(chan struct{})
 	go func() {
 		defer close(readDone)
@@ -106,33 +108,42 @@ func TestHoldWrites(t *testing.T) {
 	if _, err := io.ReadFull(peer, make([]byte, len(connack))); err != nil {
 		t.Fatalf("peer read CONNACK: %v", err)
 	}
-	pkt := []byte{0x40, 2, 0, 1} // a PUBACK
 	const n = 50
-	send := func(hold bool) int64 {
+	srv := &Server{}
+	send := func(gated bool) int64 {
 		before := cc.writes.Load()
-		if hold {
-			c.hold()
-		}
-		for range n {
-			if _, err := c.Write(pkt); err != nil {
+		var gates []*AckGate
+		for i := range n {
+			if gated {
+				gates = append(gates, srv.GateAck(cl, uint16(i+1)))
+			}
+			if _, err := c.Write([]byte{0x40, 2, 0, byte(i + 1)}); err != nil { // mochi's PUBACK
 				t.Fatal(err)
 			}
 		}
-		if hold {
-			c.release()
+		if gated {
+			if w := cc.writes.Load() - before; w != 0 {
+				t.Fatalf("%d writes before the gates opened", w)
+			}
+			srv.OpenAcks(gates, make([]byte, n))
 		}
 		_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := io.ReadFull(peer, make([]byte, n*len(pkt))); err != nil {
+		got := make([]byte, n*4)
+		if _, err := io.ReadFull(peer, got); err != nil {
 			t.Fatalf("peer read: %v", err)
+		}
+		for i := range n {
+			if got[4*i+3] != byte(i+1) {
+				t.Fatalf("PUBACK %d is for %d", i+1, got[4*i+3])
+			}
 		}
 		return cc.writes.Load() - before
 	}
 	if w := send(false); w != n {
-		t.Errorf("without a hold: %d writes for %d packets, want %d", w, n, n)
+		t.Errorf("not gated: %d writes for %d packets, want %d", w, n, n)
 	}
-	// The flush timer may fire once if the machine stalls mid-loop; without the hold it is n.
-	if w := send(true); w < 1 || w > 2 {
-		t.Errorf("under a hold: %d writes for %d packets, want 1", w, n)
+	if w := send(true); w != 1 {
+		t.Errorf("gated: %d writes for %d packets, want 1", w, n)
 	}
 	peer.Close()
 	<-readDone
