@@ -38,7 +38,7 @@ type rigOptions struct {
 	queues map[string]queue.Config
 	wrap   func(bridge.Enqueuer) bridge.Enqueuer // fault injection around the real manager
 	bopts  bridge.Options
-	// pipeline runs the bridge with pipelined acks (re-injecting through mqtt.Server.InjectPacket,
+	// pipeline runs the bridge with pipelined acks (PUBACKs gated through mqtt.Server.GateAck,
 	// as sluice serve does); otherwise the bridge blocks in OnPublish.
 	pipeline bool
 	acl      []mqtt.ACLRule // none: everything allowed

@@ -22,7 +22,7 @@ import (
 )
 
 // TestPipelinedAcksThroughServe drives the wired broker (mqtt.Server + startQueues, which turns
-// pipelined acks on because mqtt.Server has InjectPacket) from one MQTT 5 gateway connection with
+// pipelined acks on because mqtt.Server has GateAck) from one MQTT 5 gateway connection with
 // every publish in flight at once: bridged, ACL-denied and full-queue publishes interleaved. PUBACKs
 // come back in PUBLISH order with 0x00, 0x87 (denied) and 0x97 (queue full); every PUBACKed
 // bridged message is in its queue, in order; nothing denied or refused is.
@@ -147,7 +147,7 @@ func readMQTT(r *bufio.Reader) (typ byte, body []byte, err error) {
 }
 
 // TestQueuesStartedLine: startQueues says in one line, under component=queues, that acks are
-// pipelined (mqtt.Server re-injects).
+// pipelined (mqtt.Server gates PUBACKs).
 func TestQueuesStartedLine(t *testing.T) {
 	cfg, err := loadConfig(queuesConfig(t, t.TempDir()))
 	if err != nil {
