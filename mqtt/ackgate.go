@@ -119,7 +119,7 @@ func (c *conn) gateLocked(p []byte) []byte {
 // gateFor returns the gate waiting for the PUBACK pk: the latest gate of its packet id without
 // its ack yet (a client reuses an id only after its PUBACK, or after a failure that sent none).
 func (c *conn) gateFor(pk []byte) *AckGate {
-	hdr := len(pk) - remainingLen(pk)
+	hdr, _, _ := fixedHeader(pk) // pk is a whole packet
 	if len(pk) < hdr+2 {
 		return nil
 	}
@@ -130,19 +130,6 @@ func (c *conn) gateFor(pk []byte) *AckGate {
 		}
 	}
 	return nil
-}
-
-// remainingLen is the remaining length of the whole packet pk (see packetLen).
-func remainingLen(pk []byte) int {
-	n, mul := 0, 1
-	for i := 1; i < len(pk) && i <= 4; i++ {
-		n += int(pk[i]&0x7f) * mul
-		if pk[i]&0x80 == 0 {
-			break
-		}
-		mul *= 128
-	}
-	return n
 }
 
 // readyAcksLocked appends to out the acknowledgements at the head of the queue that may leave:

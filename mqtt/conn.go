@@ -163,16 +163,25 @@ func (c *conn) beforeConnack(p []byte) ([]byte, bool) {
 
 // packetLen returns the size of the MQTT packet at the start of b, false if b does not hold it all.
 func packetLen(b []byte) (int, bool) {
-	n, mul := 0, 1
+	hdr, remaining, ok := fixedHeader(b)
+	if !ok {
+		return 0, false
+	}
+	return hdr + remaining, hdr+remaining <= len(b)
+}
+
+// fixedHeader decodes the fixed header at the start of b: its length (type byte and remaining
+// length) and the remaining length; false if b does not hold it all.
+func fixedHeader(b []byte) (hdr, remaining int, ok bool) {
+	mul := 1
 	for i := 1; i < len(b) && i <= 4; i++ {
-		n += int(b[i]&0x7f) * mul
+		remaining += int(b[i]&0x7f) * mul
 		if b[i]&0x80 == 0 {
-			size := 1 + i + n
-			return size, size <= len(b)
+			return i + 1, remaining, true
 		}
 		mul *= 128
 	}
-	return 0, false
+	return 0, 0, false
 }
 
 // writeLocked writes p at once or buffers it (see the type comment); c.mu is held.
