@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -153,5 +154,41 @@ func expectAck(t *testing.T, nc net.Conn, br *bufio.Reader, id uint16, code byte
 	}
 	if got != code {
 		t.Fatalf("PUBACK %d: reason %#x, want %#x", id, got, code)
+	}
+}
+
+// TestAckGateClose: when the connection closes with a gate still shut, what was free to leave goes
+// out, then a DISCONNECT written behind the gate; the shut gate's PUBACK and the acks behind it do
+// not (their publishes were not acknowledged: the client resends them).
+func TestAckGateClose(t *testing.T) {
+	inner, peer := socketPair(t)
+	c := newConn(inner, &Server{}, nil)
+	cl := &mochi.Client{Net: mochi.ClientConnection{Conn: c}}
+	cl.Properties.ProtocolVersion = 5
+	srv := &Server{}
+	if _, err := c.Write([]byte{0x20, 2, 0, 0}); err != nil { // CONNACK
+		t.Fatal(err)
+	}
+	g1 := srv.GateAck(cl, 1)
+	srv.GateAck(cl, 2) // stays shut
+	for _, p := range [][]byte{{0x40, 2, 0, 1}, {0x40, 2, 0, 2}, {0x40, 2, 0, 3}, {0xe0, 1, 0x8b}} { // PUBACK 1-3, DISCONNECT
+		if _, err := c.Write(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv.OpenAcks([]*AckGate{g1}, []byte{0})
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if g := srv.GateAck(cl, 4); g != nil {
+		t.Fatal("GateAck on a closed connection gave a gate")
+	}
+	_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []byte{0x20, 2, 0, 0, 0x40, 2, 0, 1, 0xe0, 1, 0x8b}; !bytes.Equal(got, want) {
+		t.Fatalf("peer got % x, want % x", got, want)
 	}
 }
