@@ -171,7 +171,8 @@ func TestAckGateClose(t *testing.T) {
 	}
 	g1 := srv.GateAck(cl, 1)
 	srv.GateAck(cl, 2) // stays shut
-	for _, p := range [][]byte{{0x40, 2, 0, 1}, {0x40, 2, 0, 2}, {0x40, 2, 0, 3}, {0xe0, 1, 0x8b}} { // PUBACK 1-3, DISCONNECT
+	// mochi's PUBACKs 1 to 3, then a DISCONNECT
+	for _, p := range [][]byte{{0x40, 2, 0, 1}, {0x40, 2, 0, 2}, {0x40, 2, 0, 3}, {0xe0, 1, 0x8b}} {
 		if _, err := c.Write(p); err != nil {
 			t.Fatal(err)
 		}
