@@ -172,6 +172,15 @@ func failure(err error) (reason string, full bool) {
 	}
 }
 
+// failCode is the MQTT 5 reason code for a publish whose record could not be stored: 0x97 (quota
+// exceeded) when a queue is full, 0x80 otherwise.
+func failCode(err error) packets.Code {
+	if _, full := failure(err); full {
+		return packets.ErrQuotaExceeded
+	}
+	return packets.ErrUnspecifiedError
+}
+
 // message builds the queue record of a PUBLISH.
 func (b *Bridge) message(cl *mochi.Client, pk *packets.Packet) queue.Message {
 	p := &pk.Properties
@@ -400,11 +409,7 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 	if err == nil {
 		return pk, nil
 	}
-	_, full := failure(err)
-	code := packets.ErrUnspecifiedError
-	if full {
-		code = packets.ErrQuotaExceeded
-	}
+	code := failCode(err)
 	if cl.Properties.ProtocolVersion != 5 || cl.Net.Inline {
 		return pk, packets.ErrRejectPacket // no ack: the client will resend
 	}

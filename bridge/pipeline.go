@@ -242,17 +242,11 @@ var pendingPool = sync.Pool{New: func() any { return new(pending) }}
 
 // ackCode is the PUBACK reason code for a publish whose record write ended with err.
 func ackCode(err error) byte {
-	switch {
-	case err == nil:
+	if err == nil {
 		return packets.CodeSuccess.Code
-	case isFull(err):
-		return packets.ErrQuotaExceeded.Code
-	default:
-		return packets.ErrUnspecifiedError.Code
 	}
+	return failCode(err).Code
 }
-
-func isFull(err error) bool { _, full := failure(err); return full }
 
 // inputPeeker is implemented by *mqtt.Server: see its InputBuffered.
 type inputPeeker interface {

@@ -45,8 +45,6 @@
 //     again and is not delivered again [MQTT-4.3.3-10] (hook.resentQoS2; mochi answers 0x91).
 //   - GateAck and OpenAcks, for the bridge's pipelined acks: a QoS 1 publish's PUBACK waits on its
 //     connection until opened, with the acks written after it waiting behind it (ackgate.go).
-//     InjectPacket runs a PUBLISH through mochi as if the client had sent it (checked by the ACL,
-//     but not counted against topic limits, the publish rate or the received-message count).
 //   - Persistence (StorageDir): mochi's bolt hook (bbolt), limited to persistent sessions and with
 //     mochi's lost in-flight packet ids restored; sessions, subscriptions, retained and in-flight
 //     messages survive restart and kill -9 (writes reach the page cache before the hook returns;
@@ -59,8 +57,8 @@
 //     into zerolog, sampled.
 //
 // Concurrency: New, AddHook and Start are called once, in that order, from one goroutine.
-// Addr, Reload and Ready are safe at any time from any goroutine; InjectPacket and OpenAcks from
-// any goroutine after Start, for a client mochi handed to a hook; GateAck and InputBuffered from
+// Addr, Reload and Ready are safe at any time from any goroutine; OpenAcks from any
+// goroutine after Start, for a client mochi handed to a hook; GateAck and InputBuffered from
 // a hook on the client's reader goroutine. Shutdown may be called from any
 // goroutine; it waits for every goroutine the server started.
 //

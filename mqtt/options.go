@@ -14,7 +14,6 @@ var (
 	ErrInvalidOptions = errors.New("mqtt: invalid options")
 	ErrClosed         = errors.New("mqtt: server closed")
 	ErrStarted        = errors.New("mqtt: server already started")
-	ErrInjectNoClient = errors.New("mqtt: inject packet: no client")
 )
 
 // Listener types.

@@ -311,20 +311,3 @@ func ensureDir(dir string) error {
 	}
 	return nil
 }
-
-// InjectPacket runs pk through the broker as if cl had just sent it (mochi's Server.InjectPacket).
-// The bridge uses it to re-inject a pipelined QoS 1 PUBLISH once its record is durable; mochi then
-// checks the ACL, acks, retains and delivers it as usual. A re-injected packet does not pass
-// OnPacketRead again, so topic limits, the publish rate and sluice_mqtt_messages_received_total
-// apply once, when the client's packet was read (mochi's own $SYS received counters count it
-// twice). The ACL is checked again: a publish denied when it was read never reaches the bridge,
-// and one allowed then but denied by a Reload in between is answered 0x87 (it is already stored,
-// which at-least-once allows). Under the backpressure policy OnPublish may hold the injecting
-// goroutine as it holds a reader. It returns mochi's error, for instance when the client's
-// connection is gone (the client will resend), and ErrInjectNoClient for a nil client.
-func (s *Server) InjectPacket(cl *mochi.Client, pk packets.Packet) error {
-	if cl == nil {
-		return ErrInjectNoClient
-	}
-	return s.mochi.InjectPacket(cl, pk)
-}
