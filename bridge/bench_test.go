@@ -162,7 +162,9 @@ var benchSync = cmp.Or(os.Getenv("SLUICE_BENCH_SYNC"), "always")
 // msgs/s is the figure to read. publishers=1/inflight=100 is a single busy gateway connection.
 // All variants run on our mqtt.Server; bridge=pipelined gates PUBACKs (mqtt.Server.GateAck) as
 // sluice serve does: compare it with bridge=blocking for the gain. recs/commit is the mean group
-// commit, fsync-µs the mean fsync.
+// commit, fsync-µs the mean fsync. cpu-µs/msg is the CPU time of the whole process (broker and
+// load generator) per message: steadier than msgs/s on a shared machine, and what bounds msgs/s
+// once the cores are busy.
 // SLUICE_BENCH_SYNC=none shows the cost without fsync.
 func BenchmarkBridgeIngest(b *testing.B) {
 	type variant struct {
@@ -195,6 +197,7 @@ func BenchmarkBridgeIngest(b *testing.B) {
 				b.SetBytes(int64(len(payload) * perIter))
 				total := 0
 				errs := make([]error, len(conns))
+				cpu0 := cpuTime()
 				for b.Loop() {
 					var wg sync.WaitGroup
 					for i, rc := range conns {
@@ -209,6 +212,7 @@ func BenchmarkBridgeIngest(b *testing.B) {
 					total += perIter
 				}
 				b.ReportMetric(float64(total)/b.Elapsed().Seconds(), "msgs/s")
+				b.ReportMetric(float64(cpuTime()-cpu0)/float64(total)/1e3, "cpu-µs/msg")
 				if on {
 					b.ReportMetric(meanEnqueueMicros(b, r), "enqueue-µs")
 					commits, fsyncs := sum(b, r, "sluice_queue_commits_total"), sum(b, r, "sluice_queue_fsyncs_total")

@@ -16,10 +16,10 @@ import (
 	"github.com/sluicemq/sluice/queue"
 )
 
-// Enqueuer stores messages durably: *queue.Manager is one. Enqueue returns once the messages
-// are durable under the queue's sync policy, or an error (queue.ErrFull, ...).
+// Enqueuer stores messages durably: *queue.Manager is one. Add returns once the messages are
+// durable under the queue's sync policy, or an error (queue.ErrFull, ...).
 type Enqueuer interface {
-	Enqueue(ctx context.Context, q string, msgs []queue.Message) ([]string, error)
+	Add(ctx context.Context, q string, msgs []queue.Message) error
 }
 
 // ErrClosed is returned by Close after the first call, and is the failure of publishes
@@ -183,8 +183,15 @@ func failCode(err error) packets.Code {
 
 // message builds the queue record of a PUBLISH.
 func (b *Bridge) message(cl *mochi.Client, pk *packets.Packet) queue.Message {
+	var m queue.Message
+	b.fillMessage(&m, cl, pk)
+	return m
+}
+
+// fillMessage sets *m to the record of pk (m is zero): in place, as a pipe's pooled item holds it.
+func (b *Bridge) fillMessage(m *queue.Message, cl *mochi.Client, pk *packets.Packet) {
 	p := &pk.Properties
-	m := queue.Message{
+	*m = queue.Message{
 		Topic:      pk.TopicName,
 		ClientID:   cl.ID,
 		Username:   string(cl.Properties.Username),
@@ -212,7 +219,6 @@ func (b *Bridge) message(cl *mochi.Client, pk *packets.Packet) queue.Message {
 			m.Properties.UserProperties[i] = queue.UserProperty{Key: u.Key, Value: u.Val}
 		}
 	}
-	return m
 }
 
 // enqueueDurable writes msg into every queue of qs and waits until each is durable.
@@ -256,7 +262,7 @@ func (b *Bridge) enqueueDurable(ctx context.Context, qs []string, msg queue.Mess
 
 func (b *Bridge) enqueueOne(ctx context.Context, q string, msg queue.Message) error {
 	start := time.Now()
-	_, err := b.q.Enqueue(ctx, q, []queue.Message{msg})
+	err := b.q.Add(ctx, q, []queue.Message{msg})
 	if err != nil {
 		reason, _ := failure(err)
 		b.metrics.failure(q, reason)
@@ -323,7 +329,7 @@ func (b *Bridge) writeAsync(q string, batch []queue.Message) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.opts.EnqueueTimeout)
 	defer cancel()
 	start := time.Now()
-	_, err := b.q.Enqueue(ctx, q, batch)
+	err := b.q.Add(ctx, q, batch)
 	if err != nil {
 		reason, _ := failure(err)
 		b.metrics.failures(q, reason, len(batch))

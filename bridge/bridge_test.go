@@ -369,7 +369,7 @@ func testQoS0IsBridgedInBackground(t *testing.T, pipeline bool) {
 	eventually(t, "500 QoS 0 messages in the queue", func() bool { return ready(t, r.m, "q") == 500 })
 }
 
-// blockingEnqueuer holds Enqueue calls for one queue until released: a slow disk for that queue only.
+// blockingEnqueuer holds Add calls for one queue until released: a slow disk for that queue only.
 type blockingEnqueuer struct {
 	bridge.Enqueuer
 	queue   string
@@ -377,7 +377,7 @@ type blockingEnqueuer struct {
 	release chan struct{}
 }
 
-func (b *blockingEnqueuer) Enqueue(ctx context.Context, q string, msgs []queue.Message) ([]string, error) {
+func (b *blockingEnqueuer) Add(ctx context.Context, q string, msgs []queue.Message) error {
 	if q == b.queue {
 		select {
 		case b.entered <- struct{}{}:
@@ -386,10 +386,10 @@ func (b *blockingEnqueuer) Enqueue(ctx context.Context, q string, msgs []queue.M
 		select {
 		case <-b.release:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
 		}
 	}
-	return b.Enqueuer.Enqueue(ctx, q, msgs)
+	return b.Enqueuer.Add(ctx, q, msgs)
 }
 
 func TestSlowQueueDoesNotStallOtherTopics(t *testing.T) {

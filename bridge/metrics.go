@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluicemq/sluice/queue"
 )
 
 // metrics are the bridge's Prometheus series. Children are resolved at New for the rule queues,
@@ -72,6 +74,21 @@ func (m *metrics) enqueued(q string, qos byte, d time.Duration) {
 	if qm := m.get(q); qm != nil && qos < 3 {
 		qm.enqueued[qos].Inc()
 		qm.latency.Observe(d.Seconds())
+	}
+}
+
+// enqueuedAll is enqueued for each of msgs, written together in d.
+func (m *metrics) enqueuedAll(q string, msgs []queue.Message, d time.Duration) {
+	qm := m.get(q)
+	if qm == nil {
+		return
+	}
+	s := d.Seconds()
+	for i := range msgs {
+		if qos := msgs[i].QoS; qos < 3 {
+			qm.enqueued[qos].Inc()
+			qm.latency.Observe(s)
+		}
 	}
 }
 

@@ -171,15 +171,12 @@ func (b *Bridge) enqueueBatch(q string, its []*pending) error {
 	ctx, cancel := context.WithTimeout(context.Background(), b.opts.EnqueueTimeout)
 	defer cancel()
 	start := time.Now()
-	if _, err := b.q.Enqueue(ctx, q, msgs); err != nil {
+	if err := b.q.Add(ctx, q, msgs); err != nil {
 		reason, _ := failure(err)
 		b.metrics.failures(q, reason, len(msgs))
 		return fmt.Errorf("enqueue into %q: %w", q, err)
 	}
-	d := time.Since(start)
-	for _, m := range msgs {
-		b.metrics.enqueued(q, m.QoS, d)
-	}
+	b.metrics.enqueuedAll(q, msgs, time.Since(start))
 	return nil
 }
 
@@ -273,7 +270,8 @@ func (h *hook) pipelined(cl *mochi.Client, pk *packets.Packet, qs []string) bool
 		p = b.pipeFor(cl)
 	}
 	it := pendingPool.Get().(*pending)
-	it.gate, it.qs, it.msg = g, append(it.qbuf[:0], qs...), b.message(cl, pk)
+	it.gate, it.qs = g, append(it.qbuf[:0], qs...)
+	b.fillMessage(&it.msg, cl, pk)
 	p.push(it) // blocks while the pipe is full
 	return true
 }

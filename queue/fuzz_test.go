@@ -11,7 +11,7 @@ import (
 func sampleRecord() *record {
 	pf, exp := byte(1), uint32(30)
 	return &record{
-		id: newID(), enqueued: 1700000000e9,
+		id: newID(time.Unix(1700000000, 0)), enqueued: 1700000000e9,
 		msg: Message{Topic: "devices/d1/telemetry", ClientID: "d1", Username: "u", QoS: 1, Retain: true,
 			ReceivedAt: time.Unix(0, 1700000000e9),
 			Properties: Properties{ContentType: "application/json", PayloadFormat: &pf, CorrelationData: []byte{9},
@@ -24,7 +24,7 @@ func TestRecordRoundTrip(t *testing.T) {
 	r := sampleRecord()
 	d := *r
 	d.dead, d.attempts, d.deadAt, d.reason = true, 5, 1800000000e9, "max attempts reached: nacked"
-	for _, in := range []*record{r, &d, {id: newID(), msg: Message{}}} {
+	for _, in := range []*record{r, &d, {id: newID(time.Unix(1700000000, 0)), msg: Message{}}} {
 		b := encodeRecord(nil, in)
 		out, err := decodeRecord(b)
 		if err != nil {

@@ -317,6 +317,17 @@ func (m *Manager) reopen(name string, old *queue) error {
 // cannot make room), ErrNotFound for an unknown queue. If ctx ends before the write starts,
 // nothing is written and ctx.Err() is returned; once started, the write is waited for.
 func (m *Manager) Enqueue(ctx context.Context, q string, msgs []Message) ([]string, error) {
+	return m.enqueue(ctx, q, msgs, true)
+}
+
+// Add is Enqueue for producers that have no use for the message ids (the bridge): it does not
+// make them. Everything else is the same.
+func (m *Manager) Add(ctx context.Context, q string, msgs []Message) error {
+	_, err := m.enqueue(ctx, q, msgs, false)
+	return err
+}
+
+func (m *Manager) enqueue(ctx context.Context, q string, msgs []Message, wantIDs bool) ([]string, error) {
 	qu, err := m.get(q)
 	if err != nil {
 		return nil, err
@@ -332,24 +343,39 @@ func (m *Manager) Enqueue(ctx context.Context, q string, msgs []Message) ([]stri
 	maxSize := qu.cfg.MaxMessageSize
 	qu.mu.Unlock()
 	now := m.clock()
-	ids := make([]string, len(msgs))
+	var ids []string
+	if wantIDs {
+		ids = make([]string, len(msgs))
+	}
+	size := 0
+	for k := range msgs {
+		size += encodedSizeHint(&msgs[k])
+	}
+	buf := make([]byte, 0, size) // every record of the batch, back to back: one allocation
 	recs := make([][]byte, len(msgs))
 	enq := make([]int64, len(msgs))
 	var r record
 	for k := range msgs {
-		r = record{id: newID(), enqueued: now.UnixNano(), msg: msgs[k]}
+		r = record{id: newID(now), enqueued: now.UnixNano(), msg: msgs[k]}
 		if r.msg.ReceivedAt.IsZero() {
 			r.msg.ReceivedAt = now
 		}
-		b := encodeRecord(make([]byte, 0, encodedSizeHint(&r.msg)), &r)
-		if len(b) > maxSize {
+		start := len(buf)
+		buf = encodeRecord(buf, &r)
+		if n := len(buf) - start; n > maxSize {
 			return nil, fmt.Errorf("%w: message %d of the batch encodes to %d bytes, queue %q allows %d",
-				ErrTooLarge, k, len(b), q, maxSize)
+				ErrTooLarge, k, n, q, maxSize)
 		}
-		recs[k], enq[k], ids[k] = b, r.enqueued, idString(r.id)
+		recs[k], enq[k] = buf[start:len(buf):len(buf)], r.enqueued
+		if wantIDs {
+			ids[k] = idString(r.id)
+		}
 	}
 	if err := qu.enqueue(ctx, recs, enq); err != nil {
 		return nil, err
+	}
+	if !wantIDs {
+		return nil, nil
 	}
 	return ids, nil
 }

@@ -693,6 +693,7 @@ func (q *queue) moveBatch(items []dyingItem) error {
 }
 
 // newID returns a fresh message id.
-func newID() [idLen]byte { return xid.New() }
+// newID makes a message id; t is the time it was made (xid keeps its seconds).
+func newID(t time.Time) [idLen]byte { return xid.NewWithTime(t) }
 
 func idString(id [idLen]byte) string { return xid.ID(id).String() }

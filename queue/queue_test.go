@@ -190,6 +190,33 @@ func TestEnqueueReceiveAck(t *testing.T) {
 	}
 }
 
+// Add is Enqueue without ids: the same records (each with its own id, in order), the same
+// all-or-nothing refusal of a batch with a message over MaxMessageSize.
+func TestAdd(t *testing.T) {
+	e := newEnv(t, queue.Config{MaxMessageSize: 200})
+	in := queue.Message{Topic: "t/1", ClientID: "c", Properties: queue.Properties{ContentType: "text/plain"}, Payload: []byte("a")}
+	if err := e.m.Add(context.Background(), qn, []queue.Message{in, msg("b"), msg("c")}); err != nil {
+		t.Fatal(err)
+	}
+	big := msg(strings.Repeat("x", 300))
+	if err := e.m.Add(context.Background(), qn, []queue.Message{msg("d"), big}); !errors.Is(err, queue.ErrTooLarge) {
+		t.Fatalf("batch with a message over the limit: %v", err)
+	}
+	ds := e.receive(10, 0)
+	if payloads(ds) != "a,b,c" {
+		t.Fatalf("got %q, want a,b,c (and nothing of the refused batch)", payloads(ds))
+	}
+	if ds[0].Message.Topic != "t/1" || ds[0].Message.Properties.ContentType != "text/plain" || ds[0].Message.ReceivedAt.IsZero() {
+		t.Fatalf("message not kept: %+v", ds[0].Message)
+	}
+	if !(ds[0].ID < ds[1].ID && ds[1].ID < ds[2].ID) {
+		t.Fatalf("ids not increasing: %s %s %s", ds[0].ID, ds[1].ID, ds[2].ID)
+	}
+	if s := e.stats(); s.Enqueued != 3 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
 func TestReceiveLongPoll(t *testing.T) {
 	e := newEnv(t, queue.Config{})
 	done, cancel := context.WithCancel(context.Background())
