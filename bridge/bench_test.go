@@ -171,7 +171,7 @@ func BenchmarkBridgeIngest(b *testing.B) {
 		on, pipeline bool
 		name         string
 	}
-	for _, c := range []struct{ publishers, inflight, perRound int }{{100, 1, 50}, {100, 8, 200}, {100, 32, 400}, {1, 100, 5000}} {
+	for _, c := range []struct{ publishers, inflight, perRound int }{{100, 1, 50}, {100, 8, 200}, {100, 32, 400}, {100, 128, 1280}, {1, 100, 5000}} {
 		for _, v := range []variant{{true, false, "bridge=blocking"}, {true, true, "bridge=pipelined"}, {false, false, "bridge=off"}} {
 			name := fmt.Sprintf("qos=1/publishers=%d/inflight=%d/%s", c.publishers, c.inflight, v.name)
 			on := v.on
