@@ -20,6 +20,8 @@ import (
 // durable under the queue's sync policy, or an error (queue.ErrFull, ...).
 type Enqueuer interface {
 	Add(ctx context.Context, q string, msgs []queue.Message) error
+	// AddAsync is Add without the wait: done gets the outcome (see queue.Manager.AddAsync).
+	AddAsync(q string, msgs []queue.Message, done func(error)) error
 }
 
 // ErrClosed is returned by Close after the first call, and is the failure of publishes
@@ -43,7 +45,7 @@ type Options struct {
 	// PUBACK waits on the connection until the record is durable (see pipeline.go). nil → OnPublish
 	// blocks until the record is durable, which caps one connection at one group commit per message.
 	Pipeline AckGater
-	// PipelineDepth bounds the publishes one client may have waiting in its pipe; 0 → 256.
+	// PipelineDepth bounds the pipelined publishes of one client not yet acked; 0 → 256.
 	PipelineDepth int
 	Logger        zerolog.Logger
 	Registerer    prometheus.Registerer // nil → no metrics
@@ -63,8 +65,7 @@ type Bridge struct {
 
 	async map[string]*asyncQueue // QoS 0 writers, one per rule queue, fixed at New
 
-	pipes                 // per-client pipelining state
-	pipeWG sync.WaitGroup // pipe goroutines and their enqueues
+	stages // per-client pipelining state (pipeline.go)
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -105,7 +106,6 @@ func New(q Enqueuer, opts Options) (*Bridge, error) {
 		async:  make(map[string]*asyncQueue),
 		stop:   make(chan struct{}),
 	}
-	b.pipes.pipes = make(map[*mochi.Client]*pipe)
 	if b.now == nil {
 		b.now = time.Now
 	}
@@ -120,6 +120,12 @@ func New(q Enqueuer, opts Options) (*Bridge, error) {
 		b.wg.Add(1)
 		go b.runAsync(aq)
 	}
+	if opts.Pipeline != nil {
+		b.stages.ackKick = make(chan struct{}, 1)
+		b.stages.ackStop = make(chan struct{})
+		b.stages.ackDone = make(chan struct{})
+		go b.runAcker()
+	}
 	return b, nil
 }
 
@@ -133,9 +139,9 @@ func (b *Bridge) Route(topic string, qos byte) []string { return b.router.route(
 func (b *Bridge) Hook() mochi.Hook { return &hook{b: b} }
 
 // Close stops accepting messages, writes the QoS 0 messages still buffered (bounded by ctx),
-// and stops the background writers; with pipelining it waits for the clients' pipes, which end
-// when the broker has disconnected their clients (so shut the broker down first). Later calls
-// return ErrClosed.
+// and stops the background writers; with pipelining it waits until every pipelined publish is
+// decided (durable, failed, or past EnqueueTimeout), which needs the broker to have disconnected
+// its clients first (so shut the broker down first). Later calls return ErrClosed.
 func (b *Bridge) Close(ctx context.Context) error {
 	err := ErrClosed
 	b.closeOnce.Do(func() {
@@ -143,7 +149,15 @@ func (b *Bridge) Close(ctx context.Context) error {
 		b.closed.Store(true)
 		close(b.stop)
 		done := make(chan struct{})
-		go func() { b.wg.Wait(); b.pipeWG.Wait(); close(done) }()
+		go func() {
+			b.wg.Wait()
+			if b.opts.Pipeline != nil {
+				b.stages.rounds.Wait()
+				close(b.stages.ackStop)
+				<-b.stages.ackDone
+			}
+			close(done)
+		}()
 		select {
 		case <-done:
 		case <-ctx.Done():
@@ -188,7 +202,7 @@ func (b *Bridge) message(cl *mochi.Client, pk *packets.Packet) queue.Message {
 	return m
 }
 
-// fillMessage sets *m to the record of pk (m is zero): in place, as a pipe's pooled item holds it.
+// fillMessage sets *m to the record of pk (m is zero): in place, as a staged pooled item holds it.
 func (b *Bridge) fillMessage(m *queue.Message, cl *mochi.Client, pk *packets.Packet) {
 	p := &pk.Properties
 	*m = queue.Message{
@@ -362,14 +376,14 @@ func (h *hook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
 	if !write || cl.Properties.ProtocolVersion == 5 {
 		return false
 	}
-	if p := h.b.existingPipe(cl); p != nil {
-		p.drain()
+	if st := h.b.stageOf(cl); st != nil {
+		st.drain()
 	}
 	return false
 }
 
-// OnDisconnect ends the client's pipe (its queued publishes are still stored).
-func (h *hook) OnDisconnect(cl *mochi.Client, _ error, _ bool) { h.b.closePipe(cl) }
+// OnDisconnect ends the client's stage (what it staged is still stored).
+func (h *hook) OnDisconnect(cl *mochi.Client, _ error, _ bool) { h.b.closeStage(cl) }
 
 // timeout returns how long a publish of cl may wait for durability.
 func (h *hook) timeout(cl *mochi.Client) time.Duration {
@@ -392,8 +406,8 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 	qs := h.b.router.route(buf[:0], pk.TopicName, pk.FixedHeader.Qos)
 	if h.b.opts.Pipeline != nil && !cl.Net.Inline {
 		if pk.FixedHeader.Qos == 2 {
-			if p := h.b.existingPipe(cl); p != nil {
-				p.drain()
+			if st := h.b.stageOf(cl); st != nil {
+				st.drain()
 			}
 		} else if pk.FixedHeader.Qos == 1 && len(qs) > 0 && h.pipelined(cl, &pk, qs) {
 			return pk, nil // mochi goes on; its PUBACK waits at the gate until the record is durable

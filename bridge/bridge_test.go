@@ -375,6 +375,8 @@ type blockingEnqueuer struct {
 	queue   string
 	entered chan struct{}
 	release chan struct{}
+
+	held chan func() // AddAsync calls, forwarded in order once released
 }
 
 func (b *blockingEnqueuer) Add(ctx context.Context, q string, msgs []queue.Message) error {
@@ -392,12 +394,54 @@ func (b *blockingEnqueuer) Add(ctx context.Context, q string, msgs []queue.Messa
 	return b.Enqueuer.Add(ctx, q, msgs)
 }
 
+// AddAsync holds pipelined writes to the queue the same way, as a slow disk does: the caller goes
+// on, and the writes reach the queue, in order, once released.
+func (b *blockingEnqueuer) AddAsync(q string, msgs []queue.Message, done func(error)) error {
+	if q != b.queue {
+		return b.Enqueuer.AddAsync(q, msgs, done)
+	}
+	select {
+	case b.entered <- struct{}{}:
+	default:
+	}
+	b.held <- func() {
+		if err := b.Enqueuer.AddAsync(q, msgs, done); err != nil {
+			done(err)
+		}
+	}
+	return nil
+}
+
+// newBlockingEnqueuer holds the writes to queue q until release is closed.
+func newBlockingEnqueuer(t *testing.T, q string) *blockingEnqueuer {
+	b := &blockingEnqueuer{queue: q, entered: make(chan struct{}, 1), release: make(chan struct{}),
+		held: make(chan func(), 1024)}
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) }) // after the rig's cleanup (registered later, run first)
+	go func() {
+		select {
+		case <-b.release:
+		case <-stop:
+			return
+		}
+		for {
+			select {
+			case f := <-b.held:
+				f()
+			case <-stop:
+				return
+			}
+		}
+	}()
+	return b
+}
+
 func TestSlowQueueDoesNotStallOtherTopics(t *testing.T) {
 	forModes(t, testSlowQueueDoesNotStallOtherTopics)
 }
 
 func testSlowQueueDoesNotStallOtherTopics(t *testing.T, pipeline bool) {
-	blk := &blockingEnqueuer{queue: "slow", entered: make(chan struct{}, 1), release: make(chan struct{})}
+	blk := newBlockingEnqueuer(t, "slow")
 	r := newRig(t, rigOptions{pipeline: pipeline,
 		rules: []bridge.Rule{{Filter: "slow/#", Queue: "slow"}, {Filter: "fast/#", Queue: "fast"}},
 		wrap:  func(e bridge.Enqueuer) bridge.Enqueuer { blk.Enqueuer = e; return blk },
@@ -443,7 +487,7 @@ func TestEnqueueTimeoutIsUnspecifiedError(t *testing.T) {
 }
 
 func testEnqueueTimeoutIsUnspecifiedError(t *testing.T, pipeline bool) {
-	blk := &blockingEnqueuer{queue: "stuck", entered: make(chan struct{}, 1), release: make(chan struct{})}
+	blk := newBlockingEnqueuer(t, "stuck")
 	r := newRig(t, rigOptions{pipeline: pipeline,
 		rules: []bridge.Rule{{Filter: "stuck", Queue: "stuck"}},
 		wrap:  func(e bridge.Enqueuer) bridge.Enqueuer { blk.Enqueuer = e; return blk },

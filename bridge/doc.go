@@ -33,10 +33,11 @@
 // Blocking in OnPublish caps one connection at one group commit per message (a gateway with 100
 // messages in flight gets ~1/fsync-latency messages/s). With Options.Pipeline set to the broker
 // (*mqtt.Server, as sluice serve does), QoS 1 publishes are pipelined instead: the hook gates the
-// publish's PUBACK on its connection (mqtt.AckGate) and hands the record to the client's writer,
-// and mochi handles the publish at once (ACL, retain, delivery, PUBACK). The writer writes
-// everything that arrived during the previous commit as one ordered batch and, once it is durable,
-// opens the gates, so the round's PUBACKs leave in one write. PUBACKs keep the order of the
+// publish's PUBACK on its connection (mqtt.AckGate) and stages the record, and mochi handles the
+// publish at once (ACL, retain, delivery, PUBACK). When the client's reader is about to wait for
+// the network, what it staged goes to the queue as one ordered batch without waiting
+// (queue.Manager.AddAsync); once that is durable, the bridge's acker opens the gates, so their
+// PUBACKs leave in one write (or a failure code after EnqueueTimeout). PUBACKs keep the order of the
 // PUBLISHes (acks of unbridged or denied publishes wait behind the gates), records keep the
 // client's order, subscribers see each topic in order, and a client with PipelineDepth publishes
 // waiting is slowed down. QoS 2 is never pipelined. The broker's ACL is checked once, when the

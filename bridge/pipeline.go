@@ -1,9 +1,11 @@
 package bridge
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,226 +17,366 @@ import (
 	"github.com/sluicemq/sluice/queue"
 )
 
-// AckGater holds the acknowledgement of a publish on its connection until it is opened:
-// *mqtt.Server is one (see mqtt.AckGate). With one, the bridge pipelines QoS 1 acks (see
-// Options.Pipeline).
+// AckGater holds the acknowledgement of a publish on its connection until it is opened, and
+// tells when a connection's reader is about to wait: *mqtt.Server is one (see mqtt.AckGate and
+// mqtt.Server.BeforeReadWait). With one, the bridge pipelines QoS 1 acks (see Options.Pipeline).
 type AckGater interface {
 	GateAck(cl *mochi.Client, packetID uint16) *mqtt.AckGate
 	OpenAcks(gates []*mqtt.AckGate, codes []byte)
+	BeforeReadWait(cl *mochi.Client, fn func()) bool
 }
 
 // Pipelining: the hook does not block the client's read goroutine while a QoS 1 record is being
-// made durable. It gates the publish's PUBACK on the connection (AckGater.GateAck), queues the
-// record on the client's FIFO, its pipe, and lets mochi handle the publish at once as it does any
-// other: ACL, retain, delivery to subscribers, PUBACK — which waits at the gate. The pipe's
-// goroutine writes everything that accumulated during the previous group commit as one ordered
-// batch and, once it is durable, opens the round's gates together: their PUBACKs leave in one
-// write, or, for a record that failed, a PUBACK with 0x97 or 0x80 (MQTT 5) or nothing (3.1.1).
+// made durable. It gates the publish's PUBACK on the connection (AckGater.GateAck), stages the
+// record on the client's stage, and lets mochi handle the publish at once as it does any other:
+// ACL, retain, delivery to subscribers, PUBACK — which waits at the gate. When the reader is about
+// to wait (everything it received is handled: AckGater.BeforeReadWait), the stage goes to the
+// queue as one batch (queue.Manager.AddAsync), in order, without waiting: the publishes of one
+// read share a record batch and a group commit, and no goroutine stands between the reader and
+// the log. Once the batch is durable, the bridge's acker opens its gates together: their PUBACKs
+// leave in one write, or, for a record that failed, a PUBACK with 0x97 or 0x80 (MQTT 5) or
+// nothing (3.1.1).
 //
 // Acknowledgements written behind a gate wait behind it (mqtt.AckGate), so PUBACKs leave in the
 // order the PUBLISHes came [MQTT-4.6.0-2] also when unbridged or denied publishes are mixed in.
 // Subscribers get messages in the order they were published, before they are durable (as they
 // would without the bridge); a publish whose record fails was delivered to subscribers all the
 // same, and a 3.1.1 client's resend of it is delivered again (QoS 1 is at least once). QoS 2
-// publishes first wait for the pipe to drain and are then handled without pipelining: mochi's QoS 2
-// state (PUBREC in flight, DUP resends) stays mochi's. The pipe holds at most PipelineDepth
-// publishes; a client that sends more waits.
+// publishes first wait until the client's pipelined publishes are acked and are then handled
+// without pipelining: mochi's QoS 2 state (PUBREC in flight, DUP resends) stays mochi's. A client
+// has at most PipelineDepth pipelined publishes not yet acked; one that sends more waits.
 
-type pipe struct {
+// stage is a client's pipelining state.
+type stage struct {
+	id      uint64 // orders the acker's work by client
+	b       *Bridge
 	cl      *mochi.Client
-	items   chan *pending // in arrival order
-	pending atomic.Int64  // items queued and not yet handled
+	flushFn func() // st.flush, bound once
 
-	batch []*pending // owned by the pipe goroutine: the items of the current round
-	gates []*mqtt.AckGate
-	codes []byte
+	// The client's reader goroutine only:
+	items []*pending // staged, not yet written
+	armed bool       // flush is set to run before the reader waits
+
+	mu   sync.Mutex
+	out  int           // written, gates not yet opened; guarded by mu
+	idle chan struct{} // closed when out drops to 0, made by a waiter; guarded by mu
+	outN atomic.Int64  // out, read without mu
 }
 
 type pending struct {
-	gate    *mqtt.AckGate
-	qs      []string // queues to write into (in qbuf unless a message matches more)
-	qbuf    [4]string
-	msg     queue.Message // the record
-	err     error         // of the write
-	barrier chan struct{} // non-nil: just signal when reached
+	gate *mqtt.AckGate
+	qs   []string // queues to write into (in qbuf unless a message matches more)
+	qbuf [4]string
+	msg  queue.Message // the record
+	err  error         // of the write
 }
 
-// pipeFor returns the client's pipe, creating it (and its goroutine) on first use.
-func (b *Bridge) pipeFor(cl *mochi.Client) *pipe {
-	b.pipesMu.Lock()
-	defer b.pipesMu.Unlock()
-	if p := b.pipes.pipes[cl]; p != nil {
-		return p
+// round is one flushed stage: its records are written with one AddAsync per queue; the last to
+// finish, or EnqueueTimeout, hands it to the acker.
+type round struct {
+	st      *stage
+	items   []*pending
+	start   time.Time
+	mu      sync.Mutex  // guards what follows and the items' err until decided
+	timer   *time.Timer // EnqueueTimeout, armed once every queue write is submitted
+	subs    []sub       // one write per queue
+	left    int         // writes not finished
+	decided bool        // handed to the acker: the items are the acker's now
+}
+
+// sub is the write of a round's items into one queue.
+type sub struct {
+	q    string
+	its  []*pending
+	done bool
+}
+
+// stages is the per-client pipelining state.
+type stages struct {
+	stages sync.Map       // *mochi.Client → *stage
+	rounds sync.WaitGroup // rounds not yet acked
+
+	ackMu   sync.Mutex
+	ackQ    []*round // durable (or failed) rounds for the acker; guarded by ackMu
+	ackKick chan struct{}
+	ackStop chan struct{}
+	ackDone chan struct{}
+}
+
+func (b *Bridge) stageOf(cl *mochi.Client) *stage {
+	if v, ok := b.stages.stages.Load(cl); ok {
+		return v.(*stage)
 	}
-	p := &pipe{cl: cl, items: make(chan *pending, b.opts.PipelineDepth)}
-	b.pipes.pipes[cl] = p
-	b.pipeWG.Add(1)
-	go b.runPipe(p)
-	return p
+	return nil
 }
 
-func (b *Bridge) existingPipe(cl *mochi.Client) *pipe {
-	b.pipesMu.Lock()
-	defer b.pipesMu.Unlock()
-	return b.pipes.pipes[cl]
+func (b *Bridge) newStage(cl *mochi.Client) *stage {
+	st := &stage{id: stageIDs.Add(1), b: b, cl: cl}
+	st.flushFn = st.flush
+	b.stages.stages.Store(cl, st)
+	return st
 }
 
-// push queues it on p; it blocks while the pipe is full (backpressure on this client only).
-func (p *pipe) push(it *pending) {
-	p.pending.Add(1)
-	p.items <- it
-}
-
-// drain waits until every publish queued on p so far has been handled.
-func (p *pipe) drain() {
-	if p.pending.Load() == 0 {
+// flush writes the staged records (reader goroutine). It returns at once: the acker opens their
+// gates when they are durable.
+func (st *stage) flush() {
+	st.armed = false
+	if len(st.items) == 0 {
 		return
 	}
-	bar := make(chan struct{})
-	p.push(&pending{barrier: bar})
-	<-bar
-}
-
-// closePipe ends the client's pipe after its read loop ended (OnDisconnect runs on the client's
-// own goroutine, after its last OnPublish). Queued publishes are still written to their queues.
-func (b *Bridge) closePipe(cl *mochi.Client) {
-	b.pipesMu.Lock()
-	p := b.pipes.pipes[cl]
-	delete(b.pipes.pipes, cl)
-	b.pipesMu.Unlock()
-	if p != nil {
-		close(p.items)
-	}
-}
-
-// writeBatch writes the records of batch (in order) into their queues, queues concurrently, and
-// marks each publish done with the first failure among its queues (a full queue wins).
-func (b *Bridge) writeBatch(batch []*pending) {
-	byQueue := map[string][]*pending{}
-	var order []string
-	for _, it := range batch {
-		for _, q := range it.qs {
-			if byQueue[q] == nil {
-				order = append(order, q)
-			}
-			byQueue[q] = append(byQueue[q], it)
-		}
-	}
-	var mu sync.Mutex
-	fail := func(it *pending, err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if it.err == nil {
-			it.err = err
-		} else if _, full := failure(err); full {
-			it.err = err
-		}
-	}
-	write := func(q string) {
-		its := byQueue[q]
-		if err := b.enqueueBatch(q, its); err != nil {
-			if len(its) > 1 && (errors.Is(err, queue.ErrTooLarge) || errors.Is(err, queue.ErrFull)) {
-				// A batch is refused whole; one by one, in order, what fits goes in as it would
-				// have, sent alone: the first publishes before a full queue, all but a too-large one.
-				for _, it := range its {
-					if err := b.enqueueBatch(q, []*pending{it}); err != nil {
-						fail(it, err)
-					}
+	items := st.items
+	st.items = make([]*pending, 0, len(items)) // the round owns items now
+	b := st.b
+	st.mu.Lock()
+	st.out += len(items)
+	st.outN.Store(int64(st.out))
+	st.mu.Unlock()
+	b.stages.rounds.Add(1)
+	r := &round{st: st, items: items, start: time.Now()}
+	if q, ok := oneQueue(items); ok { // the common case
+		r.subs = []sub{{q: q, its: items}}
+	} else {
+		byQueue := map[string]int{}
+		for _, it := range items {
+			for _, q := range it.qs {
+				k, ok := byQueue[q]
+				if !ok {
+					k = len(r.subs)
+					byQueue[q] = k
+					r.subs = append(r.subs, sub{q: q})
 				}
-				return
-			}
-			for _, it := range its {
-				fail(it, err)
+				r.subs[k].its = append(r.subs[k].its, it)
 			}
 		}
 	}
-	if len(order) == 1 { // the common case: no goroutine to start and wait for
-		write(order[0])
-		return
+	r.left = len(r.subs)
+	for k := range r.subs {
+		b.submit(r, k)
 	}
-	var wg sync.WaitGroup
-	for _, q := range order {
-		wg.Go(func() { write(q) })
+	// EnqueueTimeout runs from here: expire then finds the items as submit left them.
+	r.mu.Lock()
+	if !r.decided {
+		r.timer = time.AfterFunc(b.opts.EnqueueTimeout, func() { r.expire(b) })
 	}
-	wg.Wait()
+	r.mu.Unlock()
 }
 
-func (b *Bridge) enqueueBatch(q string, its []*pending) error {
+// oneQueue reports whether every item goes into the same single queue, and which.
+func oneQueue(items []*pending) (string, bool) {
+	q := ""
+	for _, it := range items {
+		if len(it.qs) != 1 || (q != "" && it.qs[0] != q) {
+			return "", false
+		}
+		q = it.qs[0]
+	}
+	return q, true
+}
+
+// wait blocks until every publish of the client written so far is acked (reader goroutine).
+func (st *stage) wait() {
+	st.mu.Lock()
+	if st.out == 0 {
+		st.mu.Unlock()
+		return
+	}
+	if st.idle == nil {
+		st.idle = make(chan struct{})
+	}
+	ch := st.idle
+	st.mu.Unlock()
+	<-ch
+}
+
+// drain writes what is staged and waits until all of it is acked (reader goroutine).
+func (st *stage) drain() {
+	st.flush()
+	st.wait()
+}
+
+// submit writes the records of r.subs[k] (in order) into its queue.
+func (b *Bridge) submit(r *round, k int) {
+	q, its := r.subs[k].q, r.subs[k].its
 	msgs := make([]queue.Message, len(its))
 	for i, it := range its {
 		msgs[i] = it.msg
 	}
 	if b.closed.Load() {
 		b.metrics.failures(q, "closed", len(msgs))
-		return ErrClosed
+		r.finish(b, k, ErrClosed, nil)
+		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), b.opts.EnqueueTimeout)
-	defer cancel()
-	start := time.Now()
-	if err := b.q.Add(ctx, q, msgs); err != nil {
-		reason, _ := failure(err)
-		b.metrics.failures(q, reason, len(msgs))
-		return fmt.Errorf("enqueue into %q: %w", q, err)
+	err := b.q.AddAsync(q, msgs, func(err error) {
+		if err != nil {
+			reason, _ := failure(err)
+			b.metrics.failures(q, reason, len(msgs))
+			err = fmt.Errorf("enqueue into %q: %w", q, err)
+		} else {
+			b.metrics.enqueuedAll(q, msgs, time.Since(r.start))
+		}
+		r.finish(b, k, err, nil)
+	})
+	if err == nil {
+		return
 	}
-	b.metrics.enqueuedAll(q, msgs, time.Since(start))
-	return nil
+	if len(its) > 1 && (errors.Is(err, queue.ErrTooLarge) || errors.Is(err, queue.ErrFull)) {
+		// A batch is refused whole; one by one, in order, what fits goes in as it would have,
+		// sent alone: the first publishes before a full queue, all but a too-large one. (This
+		// waits on the reader goroutine; a full queue is not the fast path.)
+		errs := make([]error, len(its))
+		for i, it := range its {
+			ctx, cancel := context.WithTimeout(context.Background(), b.opts.EnqueueTimeout)
+			errs[i] = b.enqueueOne(ctx, q, it.msg)
+			cancel()
+		}
+		r.finish(b, k, nil, errs)
+		return
+	}
+	reason, _ := failure(err)
+	b.metrics.failures(q, reason, len(msgs))
+	r.finish(b, k, fmt.Errorf("enqueue into %q: %w", q, err), nil)
 }
 
-// runPipe is the pipe's goroutine. Each round it takes every item queued so far (at least one),
-// writes their records into their queues (one Enqueue per queue: one client shares a group commit
-// among everything it sent meanwhile, in order) and then opens their gates together, so that the
-// round's PUBACKs leave the connection in one write. While it waits for a commit the next round's
-// items accumulate.
-func (b *Bridge) runPipe(p *pipe) {
-	defer b.pipeWG.Done()
-	for it := range p.items {
-		batch := append(p.batch[:0], it)
-	more:
-		for len(batch) < cap(p.items) {
-			select {
-			case it, ok := <-p.items:
-				if !ok {
-					break more
-				}
-				batch = append(batch, it)
-			default:
-				break more
+// setErr records err for it: the first failure among its queues, a full queue winning. r.mu is
+// held.
+func setErr(it *pending, err error) {
+	if err == nil {
+		return
+	}
+	if it.err == nil {
+		it.err = err
+	} else if _, full := failure(err); full {
+		it.err = err
+	}
+}
+
+// finish ends the write of r.subs[k] with err for all its items, or errs[i] for item i; the last
+// write to finish hands r to the acker. After EnqueueTimeout it does nothing.
+func (r *round) finish(b *Bridge, k int, err error, errs []error) {
+	r.mu.Lock()
+	if r.decided {
+		r.mu.Unlock()
+		return
+	}
+	s := &r.subs[k]
+	for i, it := range s.its {
+		if errs != nil {
+			setErr(it, errs[i])
+		} else {
+			setErr(it, err)
+		}
+	}
+	s.done = true
+	r.left--
+	if r.left > 0 {
+		r.mu.Unlock()
+		return
+	}
+	r.decided = true
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	r.mu.Unlock()
+	b.toAcker(r)
+}
+
+// expire decides r when EnqueueTimeout has passed: the publishes whose records are not yet
+// durable fail, as a blocking publish's would (their records may still be stored: at least once).
+func (r *round) expire(b *Bridge) {
+	r.mu.Lock()
+	if r.decided {
+		r.mu.Unlock()
+		return
+	}
+	r.decided = true
+	for _, s := range r.subs {
+		if s.done {
+			continue
+		}
+		b.metrics.failures(s.q, "timeout", len(s.its))
+		for _, it := range s.its {
+			setErr(it, fmt.Errorf("enqueue into %q: %w", s.q, context.DeadlineExceeded))
+		}
+	}
+	r.mu.Unlock()
+	b.toAcker(r)
+}
+
+func (b *Bridge) toAcker(r *round) {
+	b.stages.ackMu.Lock()
+	b.stages.ackQ = append(b.stages.ackQ, r)
+	b.stages.ackMu.Unlock()
+	select {
+	case b.stages.ackKick <- struct{}{}:
+	default:
+	}
+}
+
+// runAcker opens the gates of finished rounds: writing PUBACKs is kept off the queues' log
+// writers, which call finish.
+func (b *Bridge) runAcker() {
+	defer close(b.stages.ackDone)
+	var (
+		batch []*round
+		gates []*mqtt.AckGate
+		codes []byte
+	)
+	for {
+		stop := false
+		select {
+		case <-b.stages.ackKick:
+		case <-b.stages.ackStop:
+			stop = true
+		}
+		b.stages.ackMu.Lock()
+		batch, b.stages.ackQ = b.stages.ackQ, batch[:0]
+		b.stages.ackMu.Unlock()
+		// One OpenAcks for the pass, a client's rounds together and in order: one write per
+		// connection however many rounds it had durable.
+		slices.SortStableFunc(batch, func(x, y *round) int { return cmp.Compare(x.st.id, y.st.id) })
+		gates, codes = gates[:0], codes[:0]
+		for _, r := range batch {
+			for _, it := range r.items {
+				gates = append(gates, it.gate)
+				codes = append(codes, ackCode(it.err))
 			}
 		}
-		var write []*pending
-		for _, it := range batch {
-			if it.barrier == nil {
-				write = append(write, it)
+		b.opts.Pipeline.OpenAcks(gates, codes)
+		clear(gates)
+		for i, r := range batch {
+			st := r.st
+			st.mu.Lock()
+			st.out -= len(r.items)
+			st.outN.Store(int64(st.out))
+			if st.out == 0 && st.idle != nil {
+				close(st.idle)
+				st.idle = nil
 			}
-		}
-		if len(write) > 0 {
-			b.writeBatch(write)
-		}
-		gates, codes := p.gates[:0], p.codes[:0]
-		for _, it := range write {
-			gates = append(gates, it.gate)
-			codes = append(codes, ackCode(it.err))
-		}
-		if len(gates) > 0 {
-			b.opts.Pipeline.OpenAcks(gates, codes)
-		}
-		for i, it := range batch {
-			if it.barrier != nil {
-				close(it.barrier)
-			} else {
+			st.mu.Unlock()
+			for _, it := range r.items {
 				*it = pending{}
 				pendingPool.Put(it)
 			}
 			batch[i] = nil
+			b.stages.rounds.Done()
 		}
-		clear(gates)
-		p.gates, p.codes = gates[:0], codes[:0]
-		p.pending.Add(-int64(len(batch)))
-		p.batch = batch[:0]
+		if stop {
+			return
+		}
 	}
 }
 
-// pendingPool recycles the pipes' items (a record and its gate; about 1 KB a publish otherwise).
+// closeStage writes what the client staged after its read loop ended (OnDisconnect runs on the
+// client's own goroutine, after its last OnPublish); its acks go nowhere.
+func (b *Bridge) closeStage(cl *mochi.Client) {
+	if v, ok := b.stages.stages.LoadAndDelete(cl); ok {
+		v.(*stage).flush()
+	}
+}
+
+var stageIDs atomic.Uint64
+
+// pendingPool recycles the staged items (a record and its gate; about 1 KB a publish otherwise).
 var pendingPool = sync.Pool{New: func() any { return new(pending) }}
 
 // ackCode is the PUBACK reason code for a publish whose record write ended with err.
@@ -251,33 +393,39 @@ type inputPeeker interface {
 }
 
 // pipelined handles a bridged QoS 1 publish of a network client when pipelining is on. It
-// returns false when the publish should take the blocking path.
+// returns false when the publish should take the blocking path (after what the client staged
+// before it has been written, so that records keep the client's order).
 func (h *hook) pipelined(cl *mochi.Client, pk *packets.Packet, qs []string) bool {
 	b := h.b
-	p := b.existingPipe(cl)
-	if p == nil || p.pending.Load() == 0 {
-		// Nothing pending and nothing received behind this publish: pipelining would only add
-		// the pipe's hand-offs to its ack. Block instead; the reader has nothing else to do.
+	st := b.stageOf(cl)
+	if st == nil || (len(st.items) == 0 && st.outN.Load() == 0) {
+		// Nothing pending and nothing received behind this publish: pipelining would only delay
+		// its ack. Block instead; the reader has nothing else to do.
 		if in, ok := b.opts.Pipeline.(inputPeeker); ok && !in.InputBuffered(cl) {
 			return false
 		}
 	}
+	if st == nil {
+		st = b.newStage(cl)
+	}
+	if len(st.items)+int(st.outN.Load()) >= b.opts.PipelineDepth {
+		st.drain() // the client has PipelineDepth publishes not yet acked: it waits
+	}
 	g := b.opts.Pipeline.GateAck(cl, pk.PacketID)
 	if g == nil {
+		st.flush()
 		return false
-	}
-	if p == nil {
-		p = b.pipeFor(cl)
 	}
 	it := pendingPool.Get().(*pending)
 	it.gate, it.qs = g, append(it.qbuf[:0], qs...)
 	b.fillMessage(&it.msg, cl, pk)
-	p.push(it) // blocks while the pipe is full
+	st.items = append(st.items, it)
+	if !st.armed {
+		if !b.opts.Pipeline.BeforeReadWait(cl, st.flushFn) {
+			st.flush()
+			return true
+		}
+		st.armed = true
+	}
 	return true
-}
-
-// pipes is the per-client state of pipelining, guarded by pipesMu.
-type pipes struct {
-	pipesMu sync.Mutex
-	pipes   map[*mochi.Client]*pipe
 }

@@ -227,7 +227,7 @@ func testPipelineACLDenial(t *testing.T, pipeline bool) {
 // the Reload is denied, and its 0x87 waits behind the PUBACKs of the publishes before it
 // [MQTT-4.6.0-2], although the denial was decided first.
 func TestPipelineACLCheckedWhenRead(t *testing.T) {
-	blk := &blockingEnqueuer{queue: "telemetry", entered: make(chan struct{}, 1), release: make(chan struct{})}
+	blk := newBlockingEnqueuer(t, "telemetry")
 	r := newRig(t, rigOptions{pipeline: true,
 		rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}},
 		acl:   []mqtt.ACLRule{{Publish: []string{"devices/%c/#"}}},

@@ -36,6 +36,8 @@ type inbound struct {
 	buf      *[]byte            // pooled; (*buf)[off:end] is read but not yet returned
 	off, end int
 
+	beforeWait func() // run once before the next read of the socket (Server.BeforeReadWait)
+
 	// one raw read in progress
 	dst []byte
 	n   int
@@ -75,6 +77,9 @@ func (c *conn) Read(p []byte) (int, error) {
 	} else if in.br != nil && in.br.Buffered() > 0 {
 		return in.br.Read(p)
 	}
+	if c.in.raw == nil {
+		c.beforeWait() // everything received so far is handled (a raw read does it on EAGAIN)
+	}
 	c.mu.Lock()
 	if c.buf != nil && len(*c.buf) > 0 {
 		if err := c.flushLocked(); err != nil {
@@ -94,6 +99,15 @@ func (c *conn) Read(p []byte) (int, error) {
 		c.srv.metrics.connectTimeout()
 	}
 	return n, err
+}
+
+// beforeWait runs the function BeforeReadWait left, if any: the reader goroutine is about to wait
+// (for the network, or for a saturated subscriber under backpressure). Reader goroutine only.
+func (c *conn) beforeWait() {
+	if f := c.in.beforeWait; f != nil {
+		c.in.beforeWait = nil
+		f()
+	}
 }
 
 // readSocket reads once from the connection into p: from br for TLS and WebSocket, else through
@@ -146,6 +160,7 @@ func (c *conn) rawRead(fd uintptr) bool {
 	n, err := rawReadFD(fd, dst)
 	if err == syscall.EAGAIN { // read(2) returns a bare Errno
 		in.release()
+		c.beforeWait() // nothing more has arrived: the reader is about to wait
 		return false
 	}
 	in.n, in.err = max(n, 0), err

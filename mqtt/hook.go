@@ -337,6 +337,9 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 			}
 			return pk, nil
 		}
+		if c := connOf(cl); c != nil {
+			c.beforeWait()
+		}
 		s.satMu.Lock()
 		ch := s.satCh
 		s.satMu.Unlock()

@@ -71,6 +71,71 @@ func TestInputBuffered(t *testing.T) {
 	}
 }
 
+// waitHook arms BeforeReadWait on every publish; the function reports how many publishes the
+// reader had handled when it ran.
+type waitHook struct {
+	mochi.HookBase
+	srv     *Server
+	handled int // reader goroutine only
+	ran     chan int
+}
+
+func (h *waitHook) ID() string           { return "wait" }
+func (h *waitHook) Provides(b byte) bool { return b == mochi.OnPublish }
+
+func (h *waitHook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	h.handled++
+	if !h.srv.BeforeReadWait(cl, func() { h.ran <- h.handled }) {
+		h.ran <- -1
+	}
+	return pk, nil
+}
+
+// TestBeforeReadWait: the function runs once the reader has handled everything it received, before
+// it waits for more: once after a burst of three publishes in one write, not after each.
+func TestBeforeReadWait(t *testing.T) {
+	h := &waitHook{ran: make(chan int, 16)}
+	srv := startServerWith(t, Options{}, func(s *Server) {
+		h.srv = s
+		if err := s.AddHook(h, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if srv.BeforeReadWait(nil, func() {}) {
+		t.Error("BeforeReadWait(nil) = true")
+	}
+	nc := rawConnect(t, srv.Addr("tcp").String(), 5, "waiter")
+	next := func() int {
+		t.Helper()
+		select {
+		case n := <-h.ran:
+			return n
+		case <-time.After(5 * time.Second):
+			t.Fatal("the function did not run")
+			return 0
+		}
+	}
+	burst := slices.Concat(publishPacket(5, []byte("a/1"), []byte("x")), publishPacket(5, []byte("a/2"), []byte("yy")),
+		publishPacket(5, []byte("a/3"), make([]byte, 300)))
+	if _, err := nc.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	if n := next(); n != 3 {
+		t.Fatalf("after a burst of three: ran with %d handled, want 3 (once, at the end)", n)
+	}
+	if _, err := nc.Write(publishPacket(5, []byte("a/4"), []byte("z"))); err != nil {
+		t.Fatal(err)
+	}
+	if n := next(); n != 4 {
+		t.Fatalf("after a lone publish: ran with %d handled, want 4", n)
+	}
+	select {
+	case n := <-h.ran:
+		t.Fatalf("ran again (%d handled) with nothing armed", n)
+	default:
+	}
+}
+
 // countConn counts the write(2)s made on a real socket.
 type countConn struct {
 	net.Conn

@@ -339,21 +339,62 @@ func (m *Manager) enqueue(ctx context.Context, q string, msgs []Message, wantIDs
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	qu.mu.Lock()
-	maxSize := qu.cfg.MaxMessageSize
-	qu.mu.Unlock()
-	now := m.clock()
 	var ids []string
 	if wantIDs {
 		ids = make([]string, len(msgs))
 	}
+	recs, enq, err := m.encode(qu, msgs, ids)
+	if err != nil {
+		return nil, err
+	}
+	if err := qu.enqueue(ctx, recs, enq, nil); err != nil {
+		return nil, err
+	}
+	return ids, nil
+}
+
+// AddAsync is Add without the wait: it returns once msgs are on their way to the queue's log, or
+// with the error that refused them all (the errors of Enqueue), and then calls done once with
+// what Add would have returned. done runs on the queue's log writer: it must be quick and must
+// not call into the Manager. A batch that makes a drop_oldest queue drop messages waits for that
+// record before it returns.
+func (m *Manager) AddAsync(q string, msgs []Message, done func(error)) error {
+	qu, err := m.get(q)
+	if err != nil {
+		return err
+	}
+	if len(msgs) == 0 {
+		qu.exit()
+		done(nil)
+		return nil
+	}
+	recs, enq, err := m.encode(qu, msgs, nil)
+	if err == nil {
+		err = qu.enqueue(context.Background(), recs, enq, func(err error) {
+			qu.exit()
+			done(err)
+		})
+	}
+	if err != nil {
+		qu.exit()
+		return err
+	}
+	return nil
+}
+
+// encode makes the records of msgs (one buffer for all), and their ids into ids unless nil.
+func (m *Manager) encode(qu *queue, msgs []Message, ids []string) (recs [][]byte, enq []int64, err error) {
+	qu.mu.Lock()
+	maxSize := qu.cfg.MaxMessageSize
+	qu.mu.Unlock()
+	now := m.clock()
 	size := 0
 	for k := range msgs {
 		size += encodedSizeHint(&msgs[k])
 	}
 	buf := make([]byte, 0, size) // every record of the batch, back to back: one allocation
-	recs := make([][]byte, len(msgs))
-	enq := make([]int64, len(msgs))
+	recs = make([][]byte, len(msgs))
+	enq = make([]int64, len(msgs))
 	var r record
 	for k := range msgs {
 		r = record{id: newID(now), enqueued: now.UnixNano(), msg: msgs[k]}
@@ -363,21 +404,15 @@ func (m *Manager) enqueue(ctx context.Context, q string, msgs []Message, wantIDs
 		start := len(buf)
 		buf = encodeRecord(buf, &r)
 		if n := len(buf) - start; n > maxSize {
-			return nil, fmt.Errorf("%w: message %d of the batch encodes to %d bytes, queue %q allows %d",
-				ErrTooLarge, k, n, q, maxSize)
+			return nil, nil, fmt.Errorf("%w: message %d of the batch encodes to %d bytes, queue %q allows %d",
+				ErrTooLarge, k, n, qu.name, maxSize)
 		}
 		recs[k], enq[k] = buf[start:len(buf):len(buf)], r.enqueued
-		if wantIDs {
+		if ids != nil {
 			ids[k] = idString(r.id)
 		}
 	}
-	if err := qu.enqueue(ctx, recs, enq); err != nil {
-		return nil, err
-	}
-	if !wantIDs {
-		return nil, nil
-	}
-	return ids, nil
+	return recs, enq, nil
 }
 
 // Receive leases up to max messages of queue q (max ≤ 0 means 1) for lease (0 means the queue's
@@ -795,7 +830,7 @@ func (m *Manager) Redrive(ctx context.Context, q string, ids []string) (int, err
 		if len(recs) == 0 {
 			continue
 		}
-		if err := qu.enqueue(ctx, recs, enq); err != nil {
+		if err := qu.enqueue(ctx, recs, enq, nil); err != nil {
 			return moved, err
 		}
 		var ev []byte

@@ -440,7 +440,10 @@ func (q *queue) take(max int, now int64, lease time.Duration, out []leased) []le
 }
 
 // enqueue appends records to src and indexes them. recs[k] has size sizes[k] and enqueue time enq[k].
-func (q *queue) enqueue(ctx context.Context, recs [][]byte, enq []int64) error {
+// enqueue appends recs to the message log and indexes them once durable. With done nil it waits
+// and returns the outcome; with done it returns once the records are queued for a commit (or the
+// error that refused them) and calls done with the outcome.
+func (q *queue) enqueue(ctx context.Context, recs [][]byte, enq []int64, done func(error)) error {
 	n := int64(len(recs))
 	sizes := make([]uint32, len(recs))
 	var total int64
@@ -474,7 +477,22 @@ func (q *queue) enqueue(ctx context.Context, recs [][]byte, enq []int64) error {
 		q.unreserve(n, total)
 		return err
 	}
+	if done != nil {
+		err := q.src.log.AppendAsync(recs, func(first, _ uint64, err error) {
+			done(q.appended(first, sizes, enq, total, err))
+		})
+		if err != nil {
+			return q.appended(0, sizes, enq, total, err)
+		}
+		return nil
+	}
 	first, _, err := q.src.log.Append(context.WithoutCancel(ctx), recs...)
+	return q.appended(first, sizes, enq, total, err)
+}
+
+// appended indexes records that are durable (err nil), or undoes their reservation.
+func (q *queue) appended(first uint64, sizes []uint32, enq []int64, total int64, err error) error {
+	n := int64(len(sizes))
 	if err != nil {
 		q.fail(q.src, err)
 		q.unreserve(n, total)

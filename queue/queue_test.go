@@ -217,6 +217,35 @@ func TestAdd(t *testing.T) {
 	}
 }
 
+// AddAsync returns before the records are durable and calls done once they are (then they can
+// be received, in order); a batch the limits refuse is refused at once, done not called.
+func TestAddAsync(t *testing.T) {
+	e := newEnv(t, queue.Config{MaxMessages: 4})
+	done := make(chan error, 2)
+	for _, batch := range [][]queue.Message{{msg("a"), msg("b")}, {msg("c")}} {
+		if err := e.m.AddAsync(qn, batch, func(err error) { done <- err }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatalf("done: %v", err)
+		}
+	}
+	if err := e.m.AddAsync(qn, []queue.Message{msg("d"), msg("e")}, func(error) { t.Error("done called for a refused batch") }); !errors.Is(err, queue.ErrFull) {
+		t.Fatalf("batch over the limit: %v, want ErrFull", err)
+	}
+	if err := e.m.AddAsync("nope", []queue.Message{msg("x")}, func(error) { t.Error("done called for an unknown queue") }); !errors.Is(err, queue.ErrNotFound) {
+		t.Fatalf("unknown queue: %v", err)
+	}
+	if got := payloads(e.receive(10, 0)); got != "a,b,c" {
+		t.Fatalf("got %q, want a,b,c", got)
+	}
+	if s := e.stats(); s.Enqueued != 3 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
 func TestReceiveLongPoll(t *testing.T) {
 	e := newEnv(t, queue.Config{})
 	done, cancel := context.WithCancel(context.Background())

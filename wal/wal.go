@@ -178,7 +178,8 @@ type appendReq struct {
 	buf         []byte // the frames, back to back
 	first, last uint64
 	err         error
-	done        chan struct{} // capacity 1: the writer never blocks on an abandoned waiter
+	done        chan struct{}                       // capacity 1: the writer never blocks on an abandoned waiter
+	cb          func(first, last uint64, err error) // AppendAsync's: called instead of done
 }
 
 // Group-commit batching: see Log.commit.
@@ -322,53 +323,10 @@ func (l *Log) start(rec recovered) error {
 // stored. After a failed write or fsync every waiter of that batch, and every
 // later call, gets an error wrapping ErrFailed.
 func (l *Log) Append(ctx context.Context, recs ...[]byte) (first, last uint64, err error) {
-	if len(recs) == 0 {
-		return 0, 0, fmt.Errorf("%w: no records", ErrEmptyRecord)
-	}
-	var size int64 // int64: on 32-bit platforms an int could overflow
-	for i, r := range recs {
-		if len(r) == 0 {
-			return 0, 0, fmt.Errorf("%w: record %d of %d is empty", ErrEmptyRecord, i, len(recs))
-		}
-		if size += frameHeaderSize + int64(len(r)); size > MaxAppendSize {
-			return 0, 0, fmt.Errorf("%w: over %d bytes in one append", ErrTooLarge, MaxAppendSize)
-		}
-	}
-	if err := ctx.Err(); err != nil {
+	req, err := l.submit(ctx, recs, nil)
+	if err != nil {
 		return 0, 0, err
 	}
-	req, _ := l.reqPool.Get().(*appendReq)
-	if req == nil {
-		req = &appendReq{done: make(chan struct{}, 1)}
-	}
-	buf := slices.Grow(req.buf[:0], int(size))
-	frames := req.frames[:0]
-	for _, r := range recs {
-		s := len(buf)
-		buf = appendUnsealedFrame(buf, r)
-		frames = append(frames, buf[s:len(buf):len(buf)])
-	}
-	req.buf, req.frames = buf, frames
-
-	l.closeMu.RLock()
-	if l.closed {
-		l.closeMu.RUnlock()
-		l.recycle(req)
-		return 0, 0, ErrClosed
-	}
-	if f := l.failed.Load(); f != nil {
-		l.closeMu.RUnlock()
-		l.recycle(req)
-		return 0, 0, *f
-	}
-	select {
-	case l.reqs <- req:
-	case <-ctx.Done():
-		l.closeMu.RUnlock()
-		l.recycle(req)
-		return 0, 0, ctx.Err()
-	}
-	l.closeMu.RUnlock()
 	select {
 	case <-req.done:
 		first, last, err = req.first, req.last, req.err
@@ -382,14 +340,73 @@ func (l *Log) Append(ctx context.Context, recs ...[]byte) (first, last uint64, e
 	}
 }
 
-// recycle puts a request whose waiter has its answer back in the pool.
+// AppendAsync is Append without the wait: it returns once recs are queued for a group commit
+// (or with the error that refused them), and the writer calls done with what Append would have
+// returned once they are durable under the sync policy, or failed. done runs on the log's writer
+// goroutine, between commits: it must be quick and must not call into the log. It is called
+// exactly once for every nil return, also when the log is closed meanwhile (the queued records
+// are then still written).
+func (l *Log) AppendAsync(recs [][]byte, done func(first, last uint64, err error)) error {
+	_, err := l.submit(context.Background(), recs, done)
+	return err
+}
+
+// submit checks recs, frames them into a request and hands it to the writer.
+func (l *Log) submit(ctx context.Context, recs [][]byte, cb func(first, last uint64, err error)) (*appendReq, error) {
+	if len(recs) == 0 {
+		return nil, fmt.Errorf("%w: no records", ErrEmptyRecord)
+	}
+	var size int64 // int64: on 32-bit platforms an int could overflow
+	for i, r := range recs {
+		if len(r) == 0 {
+			return nil, fmt.Errorf("%w: record %d of %d is empty", ErrEmptyRecord, i, len(recs))
+		}
+		if size += frameHeaderSize + int64(len(r)); size > MaxAppendSize {
+			return nil, fmt.Errorf("%w: over %d bytes in one append", ErrTooLarge, MaxAppendSize)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	req, _ := l.reqPool.Get().(*appendReq)
+	if req == nil {
+		req = &appendReq{done: make(chan struct{}, 1)}
+	}
+	buf := slices.Grow(req.buf[:0], int(size))
+	frames := req.frames[:0]
+	for _, r := range recs {
+		s := len(buf)
+		buf = appendUnsealedFrame(buf, r)
+		frames = append(frames, buf[s:len(buf):len(buf)])
+	}
+	req.buf, req.frames, req.cb = buf, frames, cb
+
+	l.closeMu.RLock()
+	defer l.closeMu.RUnlock()
+	if l.closed {
+		l.recycle(req)
+		return nil, ErrClosed
+	}
+	if f := l.failed.Load(); f != nil {
+		l.recycle(req)
+		return nil, *f
+	}
+	select {
+	case l.reqs <- req:
+		return req, nil
+	case <-ctx.Done():
+		l.recycle(req)
+		return nil, ctx.Err()
+	}
+}
+
 func (l *Log) recycle(req *appendReq) {
 	if cap(req.buf) > maxPooledBuf {
 		req.buf = nil
 	}
 	clear(req.frames)
 	req.frames = req.frames[:0]
-	req.err = nil
+	req.err, req.cb = nil, nil
 	l.reqPool.Put(req)
 }
 
@@ -726,9 +743,14 @@ func (l *Log) commit(r *appendReq) {
 	l.batches.Add(1)
 	l.records.Add(uint64(n))
 	for i, r := range w.pending {
+		w.pending[i] = nil
+		if r.cb != nil {
+			r.cb(r.first, r.last, err)
+			l.recycle(r)
+			continue
+		}
 		r.err = err
 		r.done <- struct{}{} // r belongs to its waiter from here on
-		w.pending[i] = nil
 	}
 }
 

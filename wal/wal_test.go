@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1178,4 +1179,92 @@ func TestIntervalFsyncFailure(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// TestAppendAsync: AppendAsync returns before the commit and calls done once per call, in
+// submission order with consecutive indexes, after the records are readable (durable); a failed
+// write reaches done as ErrFailed, and after Close AppendAsync refuses at once.
+func TestAppendAsync(t *testing.T) {
+	dir := t.TempDir()
+	ffs := &waltest.FaultFS{}
+	l := openLog(t, dir, wal.Options{FS: ffs})
+	type result struct {
+		first, last uint64
+		err         error
+		readable    bool
+	}
+	const calls = 50
+	results := make(chan result, calls)
+	for i := range calls {
+		recs := [][]byte{payload(uint64(2*i+1), "a"), payload(uint64(2*i+2), "a")}
+		err := l.AppendAsync(recs, func(first, last uint64, err error) {
+			_, rerr := l.Read(last) // readers see only durable records
+			results <- result{first, last, err, rerr == nil}
+		})
+		if err != nil {
+			t.Fatalf("AppendAsync %d: %v", i, err)
+		}
+		if i%10 == 0 { // a blocking Append in between keeps its place in the order
+			if _, _, err := l.Append(context.Background(), []byte("sync")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	prev := uint64(0)
+	for i := range calls {
+		r := <-results
+		if r.err != nil || r.last != r.first+1 || r.first <= prev || !r.readable {
+			t.Fatalf("call %d: %+v after %d", i, r, prev)
+		}
+		got, err := l.Read(r.first)
+		if err != nil || !bytes.Equal(got, payload(uint64(2*i+1), "a")) {
+			t.Fatalf("call %d: record %d is %q, %v", i, r.first, got, err)
+		}
+		prev = r.last
+	}
+
+	ffs.FailSyncs(waltest.ErrInjected)
+	errc := make(chan error, 1)
+	if err := l.AppendAsync([][]byte{[]byte("lost")}, func(_, _ uint64, err error) { errc <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; !errors.Is(err, wal.ErrFailed) {
+		t.Fatalf("done after a failed fsync: %v, want ErrFailed", err)
+	}
+	if err := l.AppendAsync([][]byte{[]byte("x")}, func(uint64, uint64, error) { t.Error("done called for a refused append") }); !errors.Is(err, wal.ErrFailed) {
+		t.Fatalf("AppendAsync on a failed log: %v", err)
+	}
+	ffs.FailSyncs(nil)
+	_ = l.Close()
+	if err := l.AppendAsync([][]byte{[]byte("x")}, func(uint64, uint64, error) { t.Error("done called after Close") }); !errors.Is(err, wal.ErrClosed) {
+		t.Fatalf("AppendAsync after Close: %v", err)
+	}
+	if err := l.AppendAsync(nil, func(uint64, uint64, error) {}); !errors.Is(err, wal.ErrEmptyRecord) {
+		t.Fatalf("AppendAsync of nothing: %v", err)
+	}
+}
+
+// TestAppendAsyncThenClose: records queued by AppendAsync before Close are still written, and
+// their done is called before Close returns.
+func TestAppendAsyncThenClose(t *testing.T) {
+	dir := t.TempDir()
+	l := openLog(t, dir, wal.Options{})
+	var done atomic.Int64
+	for i := range 100 {
+		if err := l.AppendAsync([][]byte{payload(uint64(i+1), "a")}, func(_, _ uint64, err error) {
+			if err != nil {
+				t.Errorf("done: %v", err)
+			}
+			done.Add(1)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	closeLog(t, l)
+	if n := done.Load(); n != 100 {
+		t.Fatalf("%d of 100 done calls before Close returned", n)
+	}
+	l = openLog(t, dir, wal.Options{})
+	defer closeLog(t, l)
+	checkRecords(t, l, 1, 100, "a")
 }
