@@ -1,6 +1,7 @@
 package bridge_test
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"strconv"
@@ -343,5 +344,50 @@ func TestPipelineBackpressure(t *testing.T) {
 	}
 	if got := ready(t, r.m, "telemetry"); got != n {
 		t.Fatalf("queue holds %d, want %d", got, n)
+	}
+}
+
+// TestPipelineEnqueueTimeout: pipelined publishes whose batch is not durable within EnqueueTimeout
+// get PUBACK 0x80, in order, as a blocking publish would (failures{reason=timeout} counts them),
+// and the connection goes on: once the queue takes the batch, the records are stored all the same
+// (at least once).
+func TestPipelineEnqueueTimeout(t *testing.T) {
+	blk := newBlockingEnqueuer(t, "telemetry")
+	r := newRig(t, rigOptions{pipeline: true,
+		rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}},
+		wrap:  func(e bridge.Enqueuer) bridge.Enqueuer { blk.Enqueuer = e; return blk },
+		bopts: bridge.Options{EnqueueTimeout: 200 * time.Millisecond},
+	})
+	rc := dialRaw(t, r.addr, "gw6", "unused", nil)
+	defer rc.close()
+	const n = 5
+	for i := range n {
+		if _, err := rc.bw.Write(publishPacket("devices/gw6/telemetry", uint16(i+1), []byte(strconv.Itoa(i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rc.bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	_ = rc.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for i := range n {
+		typ, body, err := rc.readPacket()
+		if err != nil || typ != 4 || len(body) < 3 || binary.BigEndian.Uint16(body) != uint16(i+1) || body[2] != 0x80 {
+			t.Fatalf("packet %d: type %d body %v err %v, want PUBACK %d with 0x80", i, typ, body, err, i+1)
+		}
+	}
+	if v := counter(t, r.reg, "sluice_bridge_failures_total", "queue", "telemetry", "reason", "timeout"); v != n {
+		t.Errorf("failures{reason=timeout} = %v, want %d", v, n)
+	}
+	close(blk.release)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got := 0
+	for got < n {
+		ds, err := r.m.Receive(ctx, "telemetry", n, time.Minute) // long poll: returns once some are stored
+		if err != nil {
+			t.Fatalf("after the release, %d of %d stored: %v", got, n, err)
+		}
+		got += len(ds)
 	}
 }
