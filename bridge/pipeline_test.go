@@ -27,6 +27,16 @@ func publishPacket(topic string, id uint16, payload []byte) []byte {
 	return append(mqtttest.AppendHeader(nil, 0x32, len(pb)), pb...)
 }
 
+// burst buffers n QoS 1 publishes to topic with packet ids 1..n and payloads "0".."n-1" (to flush).
+func (rc *rawConn) burst(t testing.TB, topic string, n int) {
+	t.Helper()
+	for i := range n {
+		if _, err := rc.bw.Write(publishPacket(topic, uint16(i+1), []byte(strconv.Itoa(i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestPipelineKeepsOrder: one connection with 100 publishes in flight, alternating a bridged and an
 // unbridged topic. PUBACKs come back in the order of the PUBLISHes [MQTT-4.6.0-2], each topic reaches
 // subscribers in order, and the queue holds the bridged ones in order.
@@ -127,11 +137,7 @@ func TestPipelineQoS2WaitsForQoS1(t *testing.T) {
 	rc := dialRaw(t, r.addr, "gw2", "unused", nil)
 	defer rc.close()
 	const n = 50
-	for i := range n {
-		if _, err := rc.bw.Write(publishPacket("devices/gw2/telemetry", uint16(i+1), []byte(strconv.Itoa(i)))); err != nil {
-			t.Fatal(err)
-		}
-	}
+	rc.burst(t, "devices/gw2/telemetry", n)
 	q2 := publishPacket("devices/gw2/telemetry", n+1, []byte("qos2"))
 	q2[0] = 0x34 // PUBLISH, QoS 2
 	if _, err := rc.bw.Write(q2); err != nil {
@@ -238,11 +244,7 @@ func TestPipelineACLCheckedWhenRead(t *testing.T) {
 	rc := dialRaw(t, r.addr, "gw4", "unused", nil)
 	defer rc.close()
 	const n = 5
-	for i := range n {
-		if _, err := rc.bw.Write(publishPacket("devices/gw4/telemetry", uint16(i+1), []byte(strconv.Itoa(i)))); err != nil {
-			t.Fatal(err)
-		}
-	}
+	rc.burst(t, "devices/gw4/telemetry", n)
 	ping := func() {
 		t.Helper()
 		rc.writePacket(0xc0, nil) // PINGREQ: its PINGRESP means the reader has handled what came before
@@ -308,11 +310,7 @@ func TestPipelineBackpressure(t *testing.T) {
 	rc := dialRaw(t, r.addr, "gw5", "unused", nil)
 	defer rc.close()
 	const n = 60
-	for i := range n {
-		if _, err := rc.bw.Write(publishPacket("devices/gw5/telemetry", uint16(i+1), []byte(strconv.Itoa(i)))); err != nil {
-			t.Fatal(err)
-		}
-	}
+	rc.burst(t, "devices/gw5/telemetry", n)
 	if err := rc.bw.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -361,11 +359,7 @@ func TestPipelineEnqueueTimeout(t *testing.T) {
 	rc := dialRaw(t, r.addr, "gw6", "unused", nil)
 	defer rc.close()
 	const n = 5
-	for i := range n {
-		if _, err := rc.bw.Write(publishPacket("devices/gw6/telemetry", uint16(i+1), []byte(strconv.Itoa(i)))); err != nil {
-			t.Fatal(err)
-		}
-	}
+	rc.burst(t, "devices/gw6/telemetry", n)
 	if err := rc.bw.Flush(); err != nil {
 		t.Fatal(err)
 	}
