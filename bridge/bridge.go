@@ -120,12 +120,6 @@ func New(q Enqueuer, opts Options) (*Bridge, error) {
 		b.wg.Add(1)
 		go b.runAsync(aq)
 	}
-	if opts.Pipeline != nil {
-		b.stages.ackKick = make(chan struct{}, 1)
-		b.stages.ackStop = make(chan struct{})
-		b.stages.ackDone = make(chan struct{})
-		go b.runAcker()
-	}
 	return b, nil
 }
 
@@ -146,16 +140,14 @@ func (b *Bridge) Close(ctx context.Context) error {
 	err := ErrClosed
 	b.closeOnce.Do(func() {
 		err = nil
+		b.stages.closeMu.Lock()
 		b.closed.Store(true)
+		b.stages.closeMu.Unlock()
 		close(b.stop)
 		done := make(chan struct{})
 		go func() {
 			b.wg.Wait()
-			if b.opts.Pipeline != nil {
-				b.stages.rounds.Wait()
-				close(b.stages.ackStop)
-				<-b.stages.ackDone
-			}
+			b.stages.rounds.Wait()
 			close(done)
 		}()
 		select {

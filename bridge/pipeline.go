@@ -1,11 +1,9 @@
 package bridge
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,7 +46,6 @@ type AckGater interface {
 
 // stage is a client's pipelining state.
 type stage struct {
-	id      uint64 // orders the acker's work by client
 	b       *Bridge
 	cl      *mochi.Client
 	flushFn func() // st.flush, bound once
@@ -57,10 +54,12 @@ type stage struct {
 	items []*pending // staged, not yet written
 	armed bool       // flush is set to run before the reader waits
 
-	mu   sync.Mutex
-	out  int           // written, gates not yet opened; guarded by mu
-	idle chan struct{} // closed when out drops to 0, made by a waiter; guarded by mu
-	outN atomic.Int64  // out, read without mu
+	mu     sync.Mutex
+	out    int           // written, gates not yet opened; guarded by mu
+	idle   chan struct{} // closed when out drops to 0, made by a waiter; guarded by mu
+	done   []*round      // decided rounds whose gates are to open; guarded by mu
+	acking bool          // an ack goroutine is running (ackLoop); guarded by mu
+	outN   atomic.Int64  // out, read without mu
 }
 
 type pending struct {
@@ -93,14 +92,10 @@ type sub struct {
 
 // stages is the per-client pipelining state.
 type stages struct {
-	stages sync.Map       // *mochi.Client → *stage
-	rounds sync.WaitGroup // rounds not yet acked
+	stages  sync.Map       // *mochi.Client → *stage
+	rounds  sync.WaitGroup // rounds not yet acked
+	closeMu sync.RWMutex   // Close holds it to set Bridge.closed; flush to add a round
 
-	ackMu   sync.Mutex
-	ackQ    []*round // durable (or failed) rounds for the acker; guarded by ackMu
-	ackKick chan struct{}
-	ackStop chan struct{}
-	ackDone chan struct{}
 }
 
 func (b *Bridge) stageOf(cl *mochi.Client) *stage {
@@ -111,7 +106,7 @@ func (b *Bridge) stageOf(cl *mochi.Client) *stage {
 }
 
 func (b *Bridge) newStage(cl *mochi.Client) *stage {
-	st := &stage{id: stageIDs.Add(1), b: b, cl: cl}
+	st := &stage{b: b, cl: cl}
 	st.flushFn = st.flush
 	b.stages.stages.Store(cl, st)
 	return st
@@ -131,7 +126,17 @@ func (st *stage) flush() {
 	st.out += len(items)
 	st.outN.Store(int64(st.out))
 	st.mu.Unlock()
+	b.stages.closeMu.RLock()
+	if b.closed.Load() { // Close has begun waiting for rounds: none may start
+		b.stages.closeMu.RUnlock()
+		for _, it := range items {
+			it.err = ErrClosed
+		}
+		b.ackItems(st, items)
+		return
+	}
 	b.stages.rounds.Add(1)
+	b.stages.closeMu.RUnlock()
 	r := &round{st: st, items: items, start: time.Now()}
 	if q, ok := oneQueue(items); ok { // the common case
 		r.subs = []sub{{q: q, its: items}}
@@ -302,67 +307,70 @@ func (r *round) expire(b *Bridge) {
 	b.toAcker(r)
 }
 
+// toAcker hands a decided round to its client's ack goroutine, starting one if none runs. Each
+// client has its own: a connection whose writes block (a full socket, a stuck subscriber holding
+// it) holds back only its own PUBACKs.
 func (b *Bridge) toAcker(r *round) {
-	b.stages.ackMu.Lock()
-	b.stages.ackQ = append(b.stages.ackQ, r)
-	b.stages.ackMu.Unlock()
-	select {
-	case b.stages.ackKick <- struct{}{}:
-	default:
+	st := r.st
+	st.mu.Lock()
+	st.done = append(st.done, r)
+	start := !st.acking
+	st.acking = true
+	st.mu.Unlock()
+	if start {
+		go b.ackLoop(st)
 	}
 }
 
-// runAcker opens the gates of finished rounds: writing PUBACKs is kept off the queues' log
-// writers, which call finish.
-func (b *Bridge) runAcker() {
-	defer close(b.stages.ackDone)
+// ackLoop opens the gates of st's decided rounds, all that are there in one OpenAcks (one write),
+// until there are none left.
+func (b *Bridge) ackLoop(st *stage) {
 	var (
 		batch []*round
-		gates []*mqtt.AckGate
-		codes []byte
+		items []*pending
 	)
 	for {
-		stop := false
-		select {
-		case <-b.stages.ackKick:
-		case <-b.stages.ackStop:
-			stop = true
-		}
-		b.stages.ackMu.Lock()
-		batch, b.stages.ackQ = b.stages.ackQ, batch[:0]
-		b.stages.ackMu.Unlock()
-		// One OpenAcks for the pass, a client's rounds together and in order: one write per
-		// connection however many rounds it had durable.
-		slices.SortStableFunc(batch, func(x, y *round) int { return cmp.Compare(x.st.id, y.st.id) })
-		gates, codes = gates[:0], codes[:0]
-		for _, r := range batch {
-			for _, it := range r.items {
-				gates = append(gates, it.gate)
-				codes = append(codes, ackCode(it.err))
-			}
-		}
-		b.opts.Pipeline.OpenAcks(gates, codes)
-		clear(gates)
-		for i, r := range batch {
-			st := r.st
-			st.mu.Lock()
-			st.out -= len(r.items)
-			st.outN.Store(int64(st.out))
-			if st.out == 0 && st.idle != nil {
-				close(st.idle)
-				st.idle = nil
-			}
+		st.mu.Lock()
+		batch, st.done = st.done, batch[:0]
+		if len(batch) == 0 {
+			st.acking = false
 			st.mu.Unlock()
-			for _, it := range r.items {
-				*it = pending{}
-				pendingPool.Put(it)
-			}
+			return
+		}
+		st.mu.Unlock()
+		items = items[:0]
+		for _, r := range batch {
+			items = append(items, r.items...)
+		}
+		b.ackItems(st, items)
+		clear(items)
+		for i := range batch {
 			batch[i] = nil
 			b.stages.rounds.Done()
 		}
-		if stop {
-			return
-		}
+	}
+}
+
+// ackItems opens the gates of items (one OpenAcks: one write), ends their count in st.out, and
+// recycles them.
+func (b *Bridge) ackItems(st *stage, items []*pending) {
+	gates := make([]*mqtt.AckGate, len(items))
+	codes := make([]byte, len(items))
+	for i, it := range items {
+		gates[i], codes[i] = it.gate, ackCode(it.err)
+	}
+	b.opts.Pipeline.OpenAcks(gates, codes)
+	st.mu.Lock()
+	st.out -= len(items)
+	st.outN.Store(int64(st.out))
+	if st.out == 0 && st.idle != nil {
+		close(st.idle)
+		st.idle = nil
+	}
+	st.mu.Unlock()
+	for _, it := range items {
+		*it = pending{}
+		pendingPool.Put(it)
 	}
 }
 
@@ -373,8 +381,6 @@ func (b *Bridge) closeStage(cl *mochi.Client) {
 		v.(*stage).flush()
 	}
 }
-
-var stageIDs atomic.Uint64
 
 // pendingPool recycles the staged items (a record and its gate; about 1 KB a publish otherwise).
 var pendingPool = sync.Pool{New: func() any { return new(pending) }}

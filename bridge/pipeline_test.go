@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"strconv"
 	"sync"
 	"testing"
@@ -383,5 +384,74 @@ func TestPipelineEnqueueTimeout(t *testing.T) {
 			t.Fatalf("after the release, %d of %d stored: %v", got, n, err)
 		}
 		got += len(ds)
+	}
+}
+
+// TestPipelineStuckConnectionHoldsOnlyItself: a client whose batch is being written stops reading
+// meanwhile (its socket fills with deliveries, the broker's writes to it block); when its batch is
+// durable its PUBACKs cannot be written, and another gateway's pipelined publishes are acked all
+// the same.
+func TestPipelineStuckConnectionHoldsOnlyItself(t *testing.T) {
+	blk := newBlockingEnqueuer(t, "held")
+	r := newRig(t, rigOptions{pipeline: true,
+		rules: []bridge.Rule{{Filter: "stuck/#", Queue: "held"}, {Filter: "devices/+/telemetry", Queue: "telemetry"}},
+		wrap:  func(e bridge.Enqueuer) bridge.Enqueuer { blk.Enqueuer = e; return blk },
+		mqtt:  mqtt.Options{Slow: mqtt.SlowSubscribers{Policy: mqtt.PolicyDrop, DisconnectAfter: time.Minute}},
+	})
+	stuck := dialRaw(t, r.addr, "stuck", "unused", nil)
+	defer stuck.close()
+	if tc, ok := stuck.conn.(*net.TCPConn); ok {
+		_ = tc.SetReadBuffer(4096)
+	}
+	stuck.writePacket(0x82, []byte{0, 1, 0, 0, 7, 'f', 'l', 'o', 'o', 'd', '/', '#', 0})
+	if err := stuck.bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	_ = stuck.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if typ, _, err := stuck.readPacket(); err != nil || typ != 9 {
+		t.Fatalf("SUBACK: type %d %v", typ, err)
+	}
+	stuck.burst(t, "stuck/data", 5)
+	if err := stuck.bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	<-blk.entered // its batch is on its way to the queue, held there
+	// 16 MiB of QoS 0 deliveries it never reads: the broker's writes to it block.
+	flood := dialRaw(t, r.addr, "flood", "unused", nil)
+	defer flood.close()
+	body := append([]byte{0, 7, 'f', 'l', 'o', 'o', 'd', '/', 'x', 0}, make([]byte, 64<<10)...)
+	for range 256 {
+		flood.writePacket(0x30, body)
+	}
+	flood.writePacket(0xc0, nil) // PINGREQ: its PINGRESP means the broker has routed the flood
+	if err := flood.bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	_ = flood.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if typ, _, err := flood.readPacket(); err != nil || typ != 13 {
+		t.Fatalf("PINGRESP after the flood: type %d %v", typ, err)
+	}
+	close(blk.release) // its batch becomes durable; its PUBACKs wait for a socket that is full
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for got := 0; got < 5; { // long polls: its records are in the queue, its acks on their way
+		ds, err := r.m.Receive(ctx, "held", 5, time.Minute)
+		if err != nil {
+			t.Fatalf("held batch: %d of 5 stored: %v", got, err)
+		}
+		got += len(ds)
+	}
+	gw := dialRaw(t, r.addr, "gw7", "unused", nil)
+	defer gw.close()
+	gw.burst(t, "devices/gw7/telemetry", 5)
+	if err := gw.bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	_ = gw.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for i := range 5 {
+		typ, body, err := gw.readPacket()
+		if err != nil || typ != 4 || binary.BigEndian.Uint16(body) != uint16(i+1) || (len(body) > 2 && body[2] != 0) {
+			t.Fatalf("gateway PUBACK %d while another connection is stuck: type %d body %v err %v", i+1, typ, body, err)
+		}
 	}
 }
