@@ -36,7 +36,7 @@
 // publish's PUBACK on its connection (mqtt.AckGate) and stages the record, and mochi handles the
 // publish at once (ACL, retain, delivery, PUBACK). When the client's reader is about to wait for
 // the network, what it staged goes to the queue as one ordered batch without waiting
-// (queue.Manager.AddAsync); once that is durable, the bridge's acker opens the gates, so their
+// (queue.Manager.AddAsync); once that is durable, a goroutine of that client opens the gates, so their
 // PUBACKs leave in one write (or a failure code after EnqueueTimeout). PUBACKs keep the order of the
 // PUBLISHes (acks of unbridged or denied publishes wait behind the gates), records keep the
 // client's order, subscribers see each topic in order, and a client with PipelineDepth publishes

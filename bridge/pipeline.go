@@ -31,9 +31,10 @@ type AckGater interface {
 // to wait (everything it received is handled: AckGater.BeforeReadWait), the stage goes to the
 // queue as one batch (queue.Manager.AddAsync), in order, without waiting: the publishes of one
 // read share a record batch and a group commit, and no goroutine stands between the reader and
-// the log. Once the batch is durable, the bridge's acker opens its gates together: their PUBACKs
-// leave in one write, or, for a record that failed, a PUBACK with 0x97 or 0x80 (MQTT 5) or
-// nothing (3.1.1).
+// the log. Once the batch is durable, the client's ack goroutine opens its gates together (each
+// client has its own, started when needed, so a connection whose writes block holds back only its
+// own PUBACKs): their PUBACKs leave in one write, or, for a record that failed, a PUBACK with 0x97
+// or 0x80 (MQTT 5) or nothing (3.1.1); a batch not durable within EnqueueTimeout fails the same way.
 //
 // Acknowledgements written behind a gate wait behind it (mqtt.AckGate), so PUBACKs leave in the
 // order the PUBLISHes came [MQTT-4.6.0-2] also when unbridged or denied publishes are mixed in.
@@ -71,7 +72,7 @@ type pending struct {
 }
 
 // round is one flushed stage: its records are written with one AddAsync per queue; the last to
-// finish, or EnqueueTimeout, hands it to the acker.
+// finish, or EnqueueTimeout, hands it to its client's ack goroutine.
 type round struct {
 	st      *stage
 	items   []*pending
@@ -80,7 +81,7 @@ type round struct {
 	timer   *time.Timer // EnqueueTimeout, armed once every queue write is submitted
 	subs    []sub       // one write per queue
 	left    int         // writes not finished
-	decided bool        // handed to the acker: the items are the acker's now
+	decided bool        // handed to the ack goroutine: the items are its now
 }
 
 // sub is the write of a round's items into one queue.
@@ -112,8 +113,8 @@ func (b *Bridge) newStage(cl *mochi.Client) *stage {
 	return st
 }
 
-// flush writes the staged records (reader goroutine). It returns at once: the acker opens their
-// gates when they are durable.
+// flush writes the staged records (reader goroutine). It returns at once: the ack goroutine opens
+// their gates when they are durable.
 func (st *stage) flush() {
 	st.armed = false
 	if len(st.items) == 0 {
@@ -256,7 +257,7 @@ func setErr(it *pending, err error) {
 }
 
 // finish ends the write of r.subs[k] with err for all its items, or errs[i] for item i; the last
-// write to finish hands r to the acker. After EnqueueTimeout it does nothing.
+// write to finish hands r to the ack goroutine. After EnqueueTimeout it does nothing.
 func (r *round) finish(b *Bridge, k int, err error, errs []error) {
 	r.mu.Lock()
 	if r.decided {
