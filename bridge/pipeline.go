@@ -45,6 +45,10 @@ type AckGater interface {
 // without pipelining: mochi's QoS 2 state (PUBREC in flight, DUP resends) stays mochi's. A client
 // has at most PipelineDepth pipelined publishes not yet acked; one that sends more waits.
 
+// maxStaged is the most publishes a stage holds before it is written without waiting for the
+// reader to run out of input.
+const maxStaged = 64
+
 // stage is a client's pipelining state.
 type stage struct {
 	b       *Bridge
@@ -427,6 +431,10 @@ func (h *hook) pipelined(cl *mochi.Client, pk *packets.Packet, qs []string) bool
 	it.gate, it.qs = g, append(it.qbuf[:0], qs...)
 	b.fillMessage(&it.msg, cl, pk)
 	st.items = append(st.items, it)
+	if len(st.items) >= maxStaged { // a client whose input never runs dry still gets batches written
+		st.flush()
+		return true
+	}
 	if !st.armed {
 		if !b.opts.Pipeline.BeforeReadWait(cl, st.flushFn) {
 			st.flush()
