@@ -18,9 +18,9 @@ func (s *Server) InputBuffered(cl *mochi.Client) bool {
 // BeforeReadWait makes fn run once on cl's reader goroutine before it next waits: when it goes to
 // read the network with everything received so far handled, or when the backpressure policy
 // holds it for a saturated subscriber. A hook batching work across the publishes of one read uses
-// it to finish that work before the reader waits. Call it
-// from cl's reader goroutine (a hook such as OnPublish); a later call replaces fn. It returns false,
-// and fn never runs, when cl is not on one of this server's listeners.
+// it to finish that work before the reader waits. Call it from cl's reader goroutine (a hook such
+// as OnPublish); a later call replaces fn. It returns false, and fn never runs, when cl is not on
+// one of this server's listeners.
 func (s *Server) BeforeReadWait(cl *mochi.Client, fn func()) bool {
 	if cl == nil {
 		return false
