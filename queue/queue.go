@@ -439,7 +439,6 @@ func (q *queue) take(max int, now int64, lease time.Duration, out []leased) []le
 	return out
 }
 
-// enqueue appends records to src and indexes them. recs[k] has size sizes[k] and enqueue time enq[k].
 // enqueue appends recs to the message log and indexes them once durable. With done nil it waits
 // and returns the outcome; with done it returns once the records are queued for a commit (or the
 // error that refused them) and calls done with the outcome.
@@ -710,7 +709,6 @@ func (q *queue) moveBatch(items []dyingItem) error {
 	return q.writeEvents(q.src, ev)
 }
 
-// newID returns a fresh message id.
 // newID makes a message id; t is the time it was made (xid keeps its seconds).
 func newID(t time.Time) [idLen]byte { return xid.NewWithTime(t) }
 

@@ -400,6 +400,7 @@ func (l *Log) submit(ctx context.Context, recs [][]byte, cb func(first, last uin
 	}
 }
 
+// recycle puts a request whose waiter (or callback) has its answer back in the pool.
 func (l *Log) recycle(req *appendReq) {
 	if cap(req.buf) > maxPooledBuf {
 		req.buf = nil
