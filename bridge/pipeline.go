@@ -137,7 +137,7 @@ func (st *stage) flush() {
 		for _, it := range items {
 			it.err = ErrClosed
 		}
-		b.ackItems(st, items)
+		b.ackItems(st, items, &ackScratch{})
 		return
 	}
 	b.stages.rounds.Add(1)
@@ -333,6 +333,7 @@ func (b *Bridge) ackLoop(st *stage) {
 	var (
 		batch []*round
 		items []*pending
+		sc    ackScratch
 	)
 	for {
 		st.mu.Lock()
@@ -347,7 +348,7 @@ func (b *Bridge) ackLoop(st *stage) {
 		for _, r := range batch {
 			items = append(items, r.items...)
 		}
-		b.ackItems(st, items)
+		b.ackItems(st, items, &sc)
 		clear(items)
 		for i := range batch {
 			batch[i] = nil
@@ -356,15 +357,22 @@ func (b *Bridge) ackLoop(st *stage) {
 	}
 }
 
+// ackScratch is an ack goroutine's reusable OpenAcks arguments.
+type ackScratch struct {
+	gates []*mqtt.AckGate
+	codes []byte
+}
+
 // ackItems opens the gates of items (one OpenAcks: one write), ends their count in st.out, and
 // recycles them.
-func (b *Bridge) ackItems(st *stage, items []*pending) {
-	gates := make([]*mqtt.AckGate, len(items))
-	codes := make([]byte, len(items))
-	for i, it := range items {
-		gates[i], codes[i] = it.gate, ackCode(it.err)
+func (b *Bridge) ackItems(st *stage, items []*pending, sc *ackScratch) {
+	gates, codes := sc.gates[:0], sc.codes[:0]
+	for _, it := range items {
+		gates, codes = append(gates, it.gate), append(codes, ackCode(it.err))
 	}
 	b.opts.Pipeline.OpenAcks(gates, codes)
+	clear(gates)
+	sc.gates, sc.codes = gates[:0], codes[:0]
 	st.mu.Lock()
 	st.out -= len(items)
 	st.outN.Store(int64(st.out))
