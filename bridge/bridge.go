@@ -341,10 +341,7 @@ func (b *Bridge) writeAsync(q string, batch []queue.Message) {
 		b.metrics.failures(q, reason, len(batch))
 		return
 	}
-	d := time.Since(start)
-	for range batch {
-		b.metrics.enqueued(q, 0, d)
-	}
+	b.metrics.enqueuedAll(q, batch, time.Since(start))
 }
 
 // hook is the mochi side of the bridge.

@@ -16,11 +16,13 @@ import (
 )
 
 // AckGater holds the acknowledgement of a publish on its connection until it is opened, and
-// tells when a connection's reader is about to wait: *mqtt.Server is one (see mqtt.AckGate and
-// mqtt.Server.BeforeReadWait). With one, the bridge pipelines QoS 1 acks (see Options.Pipeline).
+// tells what a connection's reader has received and when it is about to wait: *mqtt.Server is one
+// (see mqtt.AckGate, mqtt.Server.InputBuffered and BeforeReadWait). With one, the bridge
+// pipelines QoS 1 acks (see Options.Pipeline).
 type AckGater interface {
 	GateAck(cl *mochi.Client, packetID uint16) *mqtt.AckGate
 	OpenAcks(gates []*mqtt.AckGate, codes []byte)
+	InputBuffered(cl *mochi.Client) bool
 	BeforeReadWait(cl *mochi.Client, fn func()) bool
 }
 
@@ -52,7 +54,6 @@ const maxStaged = 64
 // stage is a client's pipelining state.
 type stage struct {
 	b       *Bridge
-	cl      *mochi.Client
 	flushFn func() // st.flush, bound once
 
 	// The client's reader goroutine only:
@@ -111,7 +112,7 @@ func (b *Bridge) stageOf(cl *mochi.Client) *stage {
 }
 
 func (b *Bridge) newStage(cl *mochi.Client) *stage {
-	st := &stage{b: b, cl: cl}
+	st := &stage{b: b}
 	st.flushFn = st.flush
 	b.stages.stages.Store(cl, st)
 	return st
@@ -406,11 +407,6 @@ func ackCode(err error) byte {
 	return failCode(err).Code
 }
 
-// inputPeeker is implemented by *mqtt.Server: see its InputBuffered.
-type inputPeeker interface {
-	InputBuffered(cl *mochi.Client) bool
-}
-
 // pipelined handles a bridged QoS 1 publish of a network client when pipelining is on. It
 // returns false when the publish should take the blocking path (after what the client staged
 // before it has been written, so that records keep the client's order).
@@ -420,7 +416,7 @@ func (h *hook) pipelined(cl *mochi.Client, pk *packets.Packet, qs []string) bool
 	if st == nil || (len(st.items) == 0 && st.outN.Load() == 0) {
 		// Nothing pending and nothing received behind this publish: pipelining would only delay
 		// its ack. Block instead; the reader has nothing else to do.
-		if in, ok := b.opts.Pipeline.(inputPeeker); ok && !in.InputBuffered(cl) {
+		if !b.opts.Pipeline.InputBuffered(cl) {
 			return false
 		}
 	}
