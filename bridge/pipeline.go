@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,9 +57,11 @@ type stage struct {
 	b       *Bridge
 	flushFn func() // st.flush, bound once
 
-	// The client's reader goroutine only:
-	items []*pending // staged, not yet written
-	armed bool       // flush is set to run before the reader waits
+	// The client's reader goroutine only: the staged records, not yet written, and their gates
+	// and queues, index for index. A flush hands both to its round.
+	msgs  []queue.Message
+	metas []meta
+	armed bool // flush is set to run before the reader waits
 
 	mu     sync.Mutex
 	out    int           // written, gates not yet opened; guarded by mu
@@ -68,32 +71,54 @@ type stage struct {
 	outN   atomic.Int64  // out, read without mu
 }
 
-type pending struct {
+// meta is what a staged record's publish needs besides the record.
+type meta struct {
 	gate *mqtt.AckGate
-	qs   []string // queues to write into (in qbuf unless a message matches more)
-	qbuf [4]string
-	msg  queue.Message // the record
-	err  error         // of the write
+	q    string   // the queue to write into, when there is one
+	qs   []string // the queues, when the topic routes to more than one
+	err  error    // of the write
+}
+
+// queues returns the queues m's record goes into.
+func (m *meta) queues() []string {
+	if m.qs != nil {
+		return m.qs
+	}
+	return []string{m.q}
 }
 
 // round is one flushed stage: its records are written with one AddAsync per queue; the last to
 // finish, or EnqueueTimeout, hands it to its client's ack goroutine.
 type round struct {
 	st      *stage
-	items   []*pending
+	msgs    []queue.Message // the records, in the client's order
+	metas   []meta          // index for index
 	start   time.Time
-	mu      sync.Mutex  // guards what follows and the items' err until decided
+	mu      sync.Mutex  // guards what follows and the metas' err until decided
 	timer   *time.Timer // EnqueueTimeout, armed once every queue write is submitted
 	subs    []sub       // one write per queue
 	left    int         // writes not finished
-	decided bool        // handed to the ack goroutine: the items are its now
+	decided bool        // handed to the ack goroutine: the metas are its now
 }
 
-// sub is the write of a round's items into one queue.
+// sub is the write of a round's records into one queue.
 type sub struct {
 	q    string
-	its  []*pending
+	idx  []int // the records written into q, in order; nil: all of the round's
 	done bool
+}
+
+// each calls fn with the index of every record of r that s writes.
+func (s *sub) each(r *round, fn func(i int)) {
+	if s.idx == nil {
+		for i := range r.metas {
+			fn(i)
+		}
+		return
+	}
+	for _, i := range s.idx {
+		fn(i)
+	}
 }
 
 // stages is the per-client pipelining state.
@@ -122,41 +147,43 @@ func (b *Bridge) newStage(cl *mochi.Client) *stage {
 // their gates when they are durable.
 func (st *stage) flush() {
 	st.armed = false
-	if len(st.items) == 0 {
+	n := len(st.msgs)
+	if n == 0 {
 		return
 	}
-	items := st.items
-	st.items = make([]*pending, 0, len(items)) // the round owns items now
+	// The round owns the staged slices now; the next stage gets new ones of the same size.
+	r := &round{st: st, msgs: st.msgs, metas: st.metas}
+	st.msgs, st.metas = make([]queue.Message, 0, n), make([]meta, 0, n)
 	b := st.b
 	st.mu.Lock()
-	st.out += len(items)
+	st.out += n
 	st.outN.Store(int64(st.out))
 	st.mu.Unlock()
 	b.stages.closeMu.RLock()
 	if b.closed.Load() { // Close has begun waiting for rounds: none may start
 		b.stages.closeMu.RUnlock()
-		for _, it := range items {
-			it.err = ErrClosed
+		for i := range r.metas {
+			r.metas[i].err = ErrClosed
 		}
-		b.ackItems(st, items, &ackScratch{})
+		b.ackRounds(st, []*round{r}, &ackScratch{})
 		return
 	}
 	b.stages.rounds.Add(1)
 	b.stages.closeMu.RUnlock()
-	r := &round{st: st, items: items, start: time.Now()}
-	if q, ok := oneQueue(items); ok { // the common case
-		r.subs = []sub{{q: q, its: items}}
+	r.start = time.Now()
+	if q, ok := oneQueue(r.metas); ok { // the common case
+		r.subs = []sub{{q: q}}
 	} else {
 		byQueue := map[string]int{}
-		for _, it := range items {
-			for _, q := range it.qs {
+		for i := range r.metas {
+			for _, q := range r.metas[i].queues() {
 				k, ok := byQueue[q]
 				if !ok {
 					k = len(r.subs)
 					byQueue[q] = k
-					r.subs = append(r.subs, sub{q: q})
+					r.subs = append(r.subs, sub{q: q, idx: []int{}})
 				}
-				r.subs[k].its = append(r.subs[k].its, it)
+				r.subs[k].idx = append(r.subs[k].idx, i)
 			}
 		}
 	}
@@ -164,7 +191,7 @@ func (st *stage) flush() {
 	for k := range r.subs {
 		b.submit(r, k)
 	}
-	// EnqueueTimeout runs from here: expire then finds the items as submit left them.
+	// EnqueueTimeout runs from here: expire then finds the metas as submit left them.
 	r.mu.Lock()
 	if !r.decided {
 		r.timer = time.AfterFunc(b.opts.EnqueueTimeout, func() { r.expire(b) })
@@ -172,14 +199,13 @@ func (st *stage) flush() {
 	r.mu.Unlock()
 }
 
-// oneQueue reports whether every item goes into the same single queue, and which.
-func oneQueue(items []*pending) (string, bool) {
-	q := ""
-	for _, it := range items {
-		if len(it.qs) != 1 || (q != "" && it.qs[0] != q) {
+// oneQueue reports whether every record goes into the same single queue, and which.
+func oneQueue(metas []meta) (string, bool) {
+	q := metas[0].q
+	for i := range metas {
+		if metas[i].qs != nil || metas[i].q != q {
 			return "", false
 		}
-		q = it.qs[0]
 	}
 	return q, true
 }
@@ -207,10 +233,13 @@ func (st *stage) drain() {
 
 // submit writes the records of r.subs[k] (in order) into its queue.
 func (b *Bridge) submit(r *round, k int) {
-	q, its := r.subs[k].q, r.subs[k].its
-	msgs := make([]queue.Message, len(its))
-	for i, it := range its {
-		msgs[i] = it.msg
+	q, idx := r.subs[k].q, r.subs[k].idx
+	msgs := r.msgs
+	if idx != nil {
+		msgs = make([]queue.Message, len(idx))
+		for j, i := range idx {
+			msgs[j] = r.msgs[i]
+		}
 	}
 	if b.closed.Load() {
 		b.metrics.failures(q, "closed", len(msgs))
@@ -230,14 +259,14 @@ func (b *Bridge) submit(r *round, k int) {
 	if err == nil {
 		return
 	}
-	if len(its) > 1 && (errors.Is(err, queue.ErrTooLarge) || errors.Is(err, queue.ErrFull)) {
+	if len(msgs) > 1 && (errors.Is(err, queue.ErrTooLarge) || errors.Is(err, queue.ErrFull)) {
 		// A batch is refused whole; one by one, in order, what fits goes in as it would have,
 		// sent alone: the first publishes before a full queue, all but a too-large one. (This
 		// waits on the reader goroutine; a full queue is not the fast path.)
-		errs := make([]error, len(its))
-		for i, it := range its {
+		errs := make([]error, len(msgs))
+		for j := range msgs {
 			ctx, cancel := context.WithTimeout(context.Background(), b.opts.EnqueueTimeout)
-			errs[i] = b.enqueueOne(ctx, q, it.msg)
+			errs[j] = b.enqueueOne(ctx, q, msgs[j])
 			cancel()
 		}
 		r.finish(b, k, nil, errs)
@@ -248,21 +277,21 @@ func (b *Bridge) submit(r *round, k int) {
 	r.finish(b, k, fmt.Errorf("enqueue into %q: %w", q, err), nil)
 }
 
-// setErr records err for it: the first failure among its queues, a full queue winning. r.mu is
+// setErr records err for m: the first failure among its queues, a full queue winning. r.mu is
 // held.
-func setErr(it *pending, err error) {
+func setErr(m *meta, err error) {
 	if err == nil {
 		return
 	}
-	if it.err == nil {
-		it.err = err
+	if m.err == nil {
+		m.err = err
 	} else if _, full := failure(err); full {
-		it.err = err
+		m.err = err
 	}
 }
 
-// finish ends the write of r.subs[k] with err for all its items, or errs[i] for item i; the last
-// write to finish hands r to the ack goroutine. After EnqueueTimeout it does nothing.
+// finish ends the write of r.subs[k] with err for all its records, or errs[j] for its record j;
+// the last write to finish hands r to the ack goroutine. After EnqueueTimeout it does nothing.
 func (r *round) finish(b *Bridge, k int, err error, errs []error) {
 	r.mu.Lock()
 	if r.decided {
@@ -270,12 +299,11 @@ func (r *round) finish(b *Bridge, k int, err error, errs []error) {
 		return
 	}
 	s := &r.subs[k]
-	for i, it := range s.its {
-		if errs != nil {
-			setErr(it, errs[i])
-		} else {
-			setErr(it, err)
-		}
+	if errs != nil {
+		j := 0
+		s.each(r, func(i int) { setErr(&r.metas[i], errs[j]); j++ })
+	} else if err != nil {
+		s.each(r, func(i int) { setErr(&r.metas[i], err) })
 	}
 	s.done = true
 	r.left--
@@ -300,14 +328,15 @@ func (r *round) expire(b *Bridge) {
 		return
 	}
 	r.decided = true
-	for _, s := range r.subs {
+	for k := range r.subs {
+		s := &r.subs[k]
 		if s.done {
 			continue
 		}
-		b.metrics.failures(s.q, "timeout", len(s.its))
-		for _, it := range s.its {
-			setErr(it, fmt.Errorf("enqueue into %q: %w", s.q, context.DeadlineExceeded))
-		}
+		err := fmt.Errorf("enqueue into %q: %w", s.q, context.DeadlineExceeded)
+		n := 0
+		s.each(r, func(i int) { setErr(&r.metas[i], err); n++ })
+		b.metrics.failures(s.q, "timeout", n)
 	}
 	r.mu.Unlock()
 	b.toAcker(r)
@@ -333,7 +362,6 @@ func (b *Bridge) toAcker(r *round) {
 func (b *Bridge) ackLoop(st *stage) {
 	var (
 		batch []*round
-		items []*pending
 		sc    ackScratch
 	)
 	for {
@@ -345,12 +373,7 @@ func (b *Bridge) ackLoop(st *stage) {
 			return
 		}
 		st.mu.Unlock()
-		items = items[:0]
-		for _, r := range batch {
-			items = append(items, r.items...)
-		}
-		b.ackItems(st, items, &sc)
-		clear(items)
+		b.ackRounds(st, batch, &sc)
 		for i := range batch {
 			batch[i] = nil
 			b.stages.rounds.Done()
@@ -364,28 +387,27 @@ type ackScratch struct {
 	codes []byte
 }
 
-// ackItems opens the gates of items (one OpenAcks: one write), ends their count in st.out, and
-// recycles them.
-func (b *Bridge) ackItems(st *stage, items []*pending, sc *ackScratch) {
+// ackRounds opens the gates of the decided rounds rs (one OpenAcks: one write) and ends their
+// count in st.out.
+func (b *Bridge) ackRounds(st *stage, rs []*round, sc *ackScratch) {
 	gates, codes := sc.gates[:0], sc.codes[:0]
-	for _, it := range items {
-		gates, codes = append(gates, it.gate), append(codes, ackCode(it.err))
+	for _, r := range rs {
+		for i := range r.metas {
+			gates, codes = append(gates, r.metas[i].gate), append(codes, ackCode(r.metas[i].err))
+		}
 	}
 	b.opts.Pipeline.OpenAcks(gates, codes)
+	n := len(gates)
 	clear(gates)
 	sc.gates, sc.codes = gates[:0], codes[:0]
 	st.mu.Lock()
-	st.out -= len(items)
+	st.out -= n
 	st.outN.Store(int64(st.out))
 	if st.out == 0 && st.idle != nil {
 		close(st.idle)
 		st.idle = nil
 	}
 	st.mu.Unlock()
-	for _, it := range items {
-		*it = pending{}
-		pendingPool.Put(it)
-	}
 }
 
 // closeStage writes what the client staged after its read loop ended (OnDisconnect runs on the
@@ -395,9 +417,6 @@ func (b *Bridge) closeStage(cl *mochi.Client) {
 		v.(*stage).flush()
 	}
 }
-
-// pendingPool recycles the staged items (a record and its gate; about 1 KB a publish otherwise).
-var pendingPool = sync.Pool{New: func() any { return new(pending) }}
 
 // ackCode is the PUBACK reason code for a publish whose record write ended with err.
 func ackCode(err error) byte {
@@ -413,7 +432,7 @@ func ackCode(err error) byte {
 func (h *hook) pipelined(cl *mochi.Client, pk *packets.Packet, qs []string) bool {
 	b := h.b
 	st := b.stageOf(cl)
-	if st == nil || (len(st.items) == 0 && st.outN.Load() == 0) {
+	if st == nil || (len(st.msgs) == 0 && st.outN.Load() == 0) {
 		// Nothing pending and nothing received behind this publish: pipelining would only delay
 		// its ack. Block instead; the reader has nothing else to do.
 		if !b.opts.Pipeline.InputBuffered(cl) {
@@ -423,7 +442,7 @@ func (h *hook) pipelined(cl *mochi.Client, pk *packets.Packet, qs []string) bool
 	if st == nil {
 		st = b.newStage(cl)
 	}
-	if len(st.items)+int(st.outN.Load()) >= b.opts.PipelineDepth {
+	if len(st.msgs)+int(st.outN.Load()) >= b.opts.PipelineDepth {
 		st.drain() // the client has PipelineDepth publishes not yet acked: it waits
 	}
 	g := b.opts.Pipeline.GateAck(cl, pk.PacketID)
@@ -431,11 +450,14 @@ func (h *hook) pipelined(cl *mochi.Client, pk *packets.Packet, qs []string) bool
 		st.flush()
 		return false
 	}
-	it := pendingPool.Get().(*pending)
-	it.gate, it.qs = g, append(it.qbuf[:0], qs...)
-	b.fillMessage(&it.msg, cl, pk)
-	st.items = append(st.items, it)
-	if len(st.items) >= maxStaged { // a client whose input never runs dry still gets batches written
+	m := meta{gate: g, q: qs[0]}
+	if len(qs) > 1 {
+		m.qs = slices.Clone(qs)
+	}
+	st.metas = append(st.metas, m)
+	st.msgs = append(st.msgs, queue.Message{})
+	b.fillMessage(&st.msgs[len(st.msgs)-1], cl, pk)
+	if len(st.msgs) >= maxStaged { // a client whose input never runs dry still gets batches written
 		st.flush()
 		return true
 	}

@@ -38,11 +38,13 @@ func (rc *rawConn) burst(t testing.TB, topic string, n int) {
 	}
 }
 
-// TestPipelineKeepsOrder: one connection with 100 publishes in flight, alternating a bridged and an
-// unbridged topic. PUBACKs come back in the order of the PUBLISHes [MQTT-4.6.0-2], each topic reaches
-// subscribers in order, and the queue holds the bridged ones in order.
+// TestPipelineKeepsOrder: one connection with 100 publishes in flight, cycling through a topic
+// bridged into two queues, one bridged into one of them, and an unbridged one. PUBACKs come back in
+// the order of the PUBLISHes [MQTT-4.6.0-2], each topic reaches subscribers in order, and each queue
+// holds its messages in order, once each.
 func TestPipelineKeepsOrder(t *testing.T) {
-	r := newRig(t, rigOptions{pipeline: true, rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}},
+	r := newRig(t, rigOptions{pipeline: true,
+		rules: []bridge.Rule{{Filter: "devices/+/telemetry", Queue: "telemetry"}, {Filter: "devices/gw/#", Queue: "gateway"}},
 		// Room for all 600 in the subscriber's outbound queue: the default (256) drops QoS 0 to a
 		// subscriber that falls behind on a loaded machine.
 		mqtt: mqtt.Options{Limits: mqtt.Limits{MaxPendingWrites: 1024}}})
@@ -63,7 +65,7 @@ func TestPipelineKeepsOrder(t *testing.T) {
 	rc := dialRaw(t, r.addr, "gw", "unused", nil)
 	defer rc.close()
 	const n, window = 600, 100
-	topics := []string{"devices/gw/telemetry", "plain/gw"}
+	topics := []string{"devices/gw/telemetry", "devices/gw/status", "plain/gw"}
 	errc := make(chan error, 1)
 	slots := make(chan struct{}, window)
 	go func() {
@@ -87,7 +89,7 @@ func TestPipelineKeepsOrder(t *testing.T) {
 	}()
 	for i := range n {
 		slots <- struct{}{}
-		if _, err := rc.bw.Write(publishPacket(topics[i%2], uint16(i+1), []byte(strconv.Itoa(i)))); err != nil {
+		if _, err := rc.bw.Write(publishPacket(topics[i%3], uint16(i+1), []byte(strconv.Itoa(i)))); err != nil {
 			t.Fatal(err)
 		}
 		if len(slots) == window || i == n-1 || i%7 == 0 {
@@ -120,13 +122,24 @@ func TestPipelineKeepsOrder(t *testing.T) {
 		}
 	}
 	mu.Unlock()
-	ds := drain(t, r.m, "telemetry")
-	if len(ds) != n/2 {
-		t.Fatalf("queue holds %d, want %d", len(ds), n/2)
-	}
-	for i, d := range ds {
-		if string(d.Payload) != strconv.Itoa(2*i) {
-			t.Fatalf("queue message %d is %q, want %d", i, d.Payload, 2*i)
+	for q, want := range map[string]func(i int) bool{
+		"telemetry": func(i int) bool { return i%3 == 0 },
+		"gateway":   func(i int) bool { return i%3 != 2 },
+	} {
+		var seq []string
+		for i := range n {
+			if want(i) {
+				seq = append(seq, strconv.Itoa(i))
+			}
+		}
+		ds := drain(t, r.m, q)
+		if len(ds) != len(seq) {
+			t.Fatalf("queue %s holds %d, want %d", q, len(ds), len(seq))
+		}
+		for i, d := range ds {
+			if string(d.Payload) != seq[i] {
+				t.Fatalf("queue %s message %d is %q, want %s", q, i, d.Payload, seq[i])
+			}
 		}
 	}
 }
