@@ -343,11 +343,13 @@ func (m *Manager) enqueue(ctx context.Context, q string, msgs []Message, wantIDs
 	if wantIDs {
 		ids = make([]string, len(msgs))
 	}
-	recs, enq, err := m.encode(qu, msgs, ids)
+	e, enq, err := m.encode(qu, msgs, ids)
 	if err != nil {
 		return nil, err
 	}
-	if err := qu.enqueue(ctx, recs, enq, nil); err != nil {
+	err = qu.enqueue(ctx, e.recs, enq, nil)
+	e.release()
+	if err != nil {
 		return nil, err
 	}
 	return ids, nil
@@ -368,12 +370,13 @@ func (m *Manager) AddAsync(q string, msgs []Message, done func(error)) error {
 		done(nil)
 		return nil
 	}
-	recs, enq, err := m.encode(qu, msgs, nil)
+	e, enq, err := m.encode(qu, msgs, nil)
 	if err == nil {
-		err = qu.enqueue(context.Background(), recs, enq, func(err error) {
+		err = qu.enqueue(context.Background(), e.recs, enq, func(err error) {
 			qu.exit()
 			done(err)
 		})
+		e.release()
 	}
 	if err != nil {
 		qu.exit()
@@ -382,8 +385,31 @@ func (m *Manager) AddAsync(q string, msgs []Message, done func(error)) error {
 	return nil
 }
 
-// encode makes the records of msgs (one buffer for all), and their ids into ids unless nil.
-func (m *Manager) encode(qu *queue, msgs []Message, ids []string) (recs [][]byte, enq []int64, err error) {
+// encoded is what encode makes: the records of a batch back to back in one buffer, and each
+// record's slice of it. The log copies records when they are appended, so it goes back to
+// encPool (release) as soon as the append has been submitted.
+type encoded struct {
+	buf  []byte
+	recs [][]byte
+}
+
+var encPool = sync.Pool{New: func() any { return new(encoded) }}
+
+// maxPooledEncoded bounds the buffer a released encoded keeps.
+const maxPooledEncoded = 256 << 10
+
+func (e *encoded) release() {
+	if cap(e.buf) > maxPooledEncoded {
+		return
+	}
+	clear(e.recs)
+	e.buf, e.recs = e.buf[:0], e.recs[:0]
+	encPool.Put(e)
+}
+
+// encode makes the records of msgs, and their ids into ids unless nil. Release the records
+// once they are submitted to the log.
+func (m *Manager) encode(qu *queue, msgs []Message, ids []string) (e *encoded, enq []int64, err error) {
 	qu.mu.Lock()
 	maxSize := qu.cfg.MaxMessageSize
 	qu.mu.Unlock()
@@ -392,8 +418,9 @@ func (m *Manager) encode(qu *queue, msgs []Message, ids []string) (recs [][]byte
 	for k := range msgs {
 		size += encodedSizeHint(&msgs[k])
 	}
-	buf := make([]byte, 0, size) // every record of the batch, back to back: one allocation
-	recs = make([][]byte, len(msgs))
+	e = encPool.Get().(*encoded)
+	buf := slices.Grow(e.buf[:0], size)
+	recs := slices.Grow(e.recs[:0], len(msgs))[:len(msgs)]
 	enq = make([]int64, len(msgs))
 	var r record
 	for k := range msgs {
@@ -404,6 +431,8 @@ func (m *Manager) encode(qu *queue, msgs []Message, ids []string) (recs [][]byte
 		start := len(buf)
 		buf = encodeRecord(buf, &r)
 		if n := len(buf) - start; n > maxSize {
+			e.buf, e.recs = buf, recs
+			e.release()
 			return nil, nil, fmt.Errorf("%w: message %d of the batch encodes to %d bytes, queue %q allows %d",
 				ErrTooLarge, k, n, qu.name, maxSize)
 		}
@@ -412,7 +441,8 @@ func (m *Manager) encode(qu *queue, msgs []Message, ids []string) (recs [][]byte
 			ids[k] = idString(r.id)
 		}
 	}
-	return recs, enq, nil
+	e.buf, e.recs = buf, recs
+	return e, enq, nil
 }
 
 // Receive leases up to max messages of queue q (max ≤ 0 means 1) for lease (0 means the queue's
