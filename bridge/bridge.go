@@ -242,10 +242,11 @@ func (b *Bridge) enqueueDurable(ctx context.Context, qs []string, msg queue.Mess
 	errs := make([]error, len(qs))
 	var wg sync.WaitGroup
 	for i := 1; i < len(qs); i++ {
+		q := qs[i] // not qs: the caller's route buffer stays on its stack
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = b.enqueueOne(ctx, qs[i], msg)
+			errs[i] = b.enqueueOne(ctx, q, msg)
 		}()
 	}
 	errs[0] = b.enqueueOne(ctx, qs[0], msg)

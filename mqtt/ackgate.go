@@ -23,7 +23,8 @@ type AckGate struct {
 	// guarded by c.mu
 	opened bool
 	code   byte   // set by OpenAcks: < 0x80 sends mochi's ack, ≥ 0x80 a failure
-	ack    []byte // mochi's acknowledgement, once written
+	ack    []byte // mochi's acknowledgement, once written (in ackBuf when it fits)
+	ackBuf [8]byte
 }
 
 // ackItem is a gate, or (gate nil) an acknowledgement written behind one.
@@ -82,8 +83,22 @@ func (c *conn) openedLocked() {
 	if c.closed || c.werr != nil {
 		return
 	}
-	if out := c.readyAcksLocked(nil); len(out) > 0 {
+	if out := c.readyAcksLocked(c.scratch[:0]); len(out) > 0 {
 		_, _ = c.writeLocked(out)
+		c.keepScratch(out)
+	}
+}
+
+// maxScratch bounds the buffer a connection keeps for gated writes: acknowledgements are small,
+// a delivery passing a gate may not be.
+const maxScratch = 1024
+
+// keepScratch keeps out, written, for the next gated write. c.mu is held.
+func (c *conn) keepScratch(out []byte) {
+	if cap(out) <= maxScratch {
+		c.scratch = out[:0]
+	} else {
+		c.scratch = nil
 	}
 }
 
@@ -91,7 +106,7 @@ func (c *conn) openedLocked() {
 // behind the gates (mochi's ack for a gate is kept in its gate), other packets pass. It returns
 // what may be written now. c.mu is held.
 func (c *conn) gateLocked(p []byte) []byte {
-	var out []byte
+	out := c.scratch[:0]
 	for i := 0; i < len(p); {
 		size, ok := packetLen(p[i:])
 		if !ok { // not whole packets (mochi always writes whole ones): let them pass
@@ -103,7 +118,7 @@ func (c *conn) gateLocked(p []byte) []byte {
 		switch pk[0] >> 4 {
 		case packets.Puback:
 			if g := c.gateFor(pk); g != nil {
-				g.ack = append([]byte(nil), pk...)
+				g.ack = append(g.ackBuf[:0], pk...)
 				continue
 			}
 			fallthrough

@@ -51,6 +51,7 @@ type conn struct {
 	connacked bool
 	early     []byte
 	acks      []ackItem // gates not yet opened, and acknowledgements behind them (ackgate.go)
+	scratch   []byte    // what gateLocked and openedLocked write (writeLocked keeps no reference)
 	closed    bool
 	timer     *time.Timer
 	armed     bool
@@ -109,7 +110,9 @@ func (c *conn) Write(p []byte) (int, error) {
 	if len(c.acks) > 0 {
 		out := c.gateLocked(p)
 		if len(out) > 0 {
-			if _, err := c.writeLocked(out); err != nil {
+			_, err := c.writeLocked(out)
+			c.keepScratch(out)
+			if err != nil {
 				return 0, err
 			}
 		}
