@@ -34,8 +34,9 @@ test-deps:
 ## bench: Go benchmarks (figures in README.md). BENCH narrows, e.g. make bench BENCH=Append PKG=./wal
 BENCH ?= .
 PKG   ?= ./...
+BENCHFLAGS ?=
 bench:
-	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem $(PKG)
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem $(BENCHFLAGS) $(PKG)
 
 ## bench-compare: Sluice and Mosquitto (installed from Debian when missing) side by side on loopback;
 ## writes out/bench-compare.{json,html}.
