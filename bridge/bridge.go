@@ -194,7 +194,7 @@ func (b *Bridge) message(cl *mochi.Client, pk *packets.Packet) queue.Message {
 	return m
 }
 
-// fillMessage sets *m to the record of pk (m is zero): in place, as a staged pooled item holds it.
+// fillMessage sets *m to the record of pk, in place: a stage appends records to its slice (pipeline.go).
 func (b *Bridge) fillMessage(m *queue.Message, cl *mochi.Client, pk *packets.Packet) {
 	p := &pk.Properties
 	*m = queue.Message{
