@@ -57,10 +57,10 @@
 //     into zerolog, sampled.
 //
 // Concurrency: New, AddHook and Start are called once, in that order, from one goroutine.
-// Addr, Reload and Ready are safe at any time from any goroutine; OpenAcks from any
-// goroutine after Start, for a client mochi handed to a hook; GateAck, InputBuffered and BeforeReadWait from
-// a hook on the client's reader goroutine. Shutdown may be called from any
-// goroutine; it waits for every goroutine the server started.
+// Addr, Reload and Ready are safe at any time from any goroutine; OpenAcks from any goroutine
+// after Start, for a client mochi handed to a hook; GateAck, InputBuffered and BeforeReadWait
+// from a hook on the client's reader goroutine. Shutdown may be called from any goroutine; it
+// waits for every goroutine the server started.
 //
 // Example:
 //
