@@ -168,6 +168,7 @@ type writer struct {
 	timer    *time.Timer
 	timerOn  bool
 	closeErr error
+	tail     tailBuf // sizes tidwall/wal's in-memory tail segment
 }
 
 // appendReq is one Append waiting for the writer. Requests are recycled
@@ -306,6 +307,7 @@ func (l *Log) start(rec recovered) error {
 	l.first.Store(rec.segs[0])
 	l.durable.Store(rec.last)
 	l.w.written = rec.last
+	l.w.tail = newTailBuf(l.opts.SegmentSize)
 	l.w.tailSize = rec.tailSize
 	l.w.tailPath = filepath.Join(l.dir, segmentName(rec.segs[len(rec.segs)-1]))
 	l.w.syncF, err = l.fs.OpenFile(l.w.tailPath, os.O_RDWR, 0)
@@ -795,6 +797,11 @@ func (l *Log) write() error {
 	}
 	if err := l.fs.BeforeWrite(w.tailPath, size); err != nil {
 		return l.fail(fmt.Errorf("write %s: %w", filepath.Base(w.tailPath), err))
+	}
+	if n := len(w.ends); n > 0 {
+		if err := w.tail.reserve(l.tw, int(w.ends[n-1])-w.tailSize, n); err != nil {
+			return l.fail(fmt.Errorf("size tail segment buffer: %w", err))
+		}
 	}
 	if err := l.tw.WriteBatch(&w.batch); err != nil {
 		return l.fail(fmt.Errorf("write %s: %w", filepath.Base(w.tailPath), err))
