@@ -13,9 +13,10 @@ import (
 // costs about 20 MB of fresh allocations and 16 MB of copying, and every new page is faulted
 // in: measured here, 0.7 µs of CPU per bridged 256-byte message, a fifth of what the bridge
 // costs over an unbridged publish. tidwall/wal has no option to size them, so tailBuf does it
-// from outside: before a batch, it gives the tail segment room for the batch, in a buffer of
-// a whole segment that it reuses from segment to segment (tidwall/wal lets go of the old
-// tail's buffer when it rolls: Log.roll clears its cache, and nothing here reads through it).
+// from outside: before a batch, it gives the tail segment room for the batch, doubling the
+// buffer up to a whole segment, and reuses that buffer from segment to segment (tidwall/wal
+// lets go of the old tail's buffer when it rolls: its cache is cleared, and nothing here reads
+// through it). A busy log then allocates nothing for its tail; a quiet one keeps a small buffer.
 //
 // It reaches into two unexported fields of tidwall/wal v1.2.1 (Log.segments, and a segment's
 // ebuf and epos). If a tidwall/wal version lays them out otherwise, newTailBuf finds out
@@ -30,6 +31,9 @@ type tailBuf struct {
 	pos  reflect.Value // the position table last given, or invalid
 	keep int           // the most bytes buf keeps between segments
 }
+
+// minTailBuf is the smallest entry buffer tailBuf makes.
+const minTailBuf = 64 << 10
 
 // Field indexes in tidwall/wal's segment struct, checked by newTailBuf.
 const (
@@ -95,7 +99,8 @@ func (t *tailBuf) reserve(tw *tidwall.Log, n, entries int) error {
 		need := len(*ebuf) + n
 		nb := t.buf
 		if cap(nb) < need || cap(nb) > 0 && cap(*ebuf) > 0 && &nb[:1][0] == &(*ebuf)[:1][0] {
-			nb = make([]byte, 0, max(need, t.keep))
+			// Doubling, up to a segment: a log that sees little traffic keeps a small buffer.
+			nb = make([]byte, 0, max(need, min(t.keep, max(2*cap(*ebuf), minTailBuf))))
 		}
 		*ebuf = append(nb[:0], *ebuf...)
 		t.buf = nil
