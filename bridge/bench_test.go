@@ -344,6 +344,11 @@ func BenchmarkPublishLatency(b *testing.B) {
 			b.ReportMetric(float64(hist.ValueAtQuantile(99)), "p99-µs")
 			b.ReportMetric(float64(hist.ValueAtQuantile(99.9)), "p99.9-µs")
 			b.ReportMetric(float64(lag.ValueAtQuantile(99)), "lag-p99-µs")
+			if v.on { // the disk's share: the mean fsync and how many records shared one
+				fsyncs := sum(b, r, "sluice_queue_fsyncs_total")
+				b.ReportMetric(sum(b, r, "sluice_queue_fsync_seconds_total")/fsyncs*1e6, "fsync-µs")
+				b.ReportMetric(sum(b, r, "sluice_queue_committed_records_total")/sum(b, r, "sluice_queue_commits_total"), "recs/commit")
+			}
 		})
 	}
 }
