@@ -10,13 +10,14 @@ import (
 // tidwall/wal keeps the whole tail segment in memory: every entry it writes is appended to the
 // segment's buffer (and its position to a table), two slices that start empty for each new
 // segment and grow by append. Go grows a large slice by a quarter at a time, so a 4 MB segment
-// costs about 20 MB of fresh allocations and 16 MB of copying, and every new page is faulted
-// in: measured here, 0.7 µs of CPU per bridged 256-byte message, a fifth of what the bridge
-// costs over an unbridged publish. tidwall/wal has no option to size them, so tailBuf does it
-// from outside: before a batch, it gives the tail segment room for the batch, doubling the
-// buffer up to a whole segment, and reuses that buffer from segment to segment (tidwall/wal
-// lets go of the old tail's buffer when it rolls: its cache is cleared, and nothing here reads
-// through it). A busy log then allocates nothing for its tail; a quiet one keeps a small buffer.
+// costs about 20 MB of fresh allocations and 16 MB of copying, and every new page is faulted in.
+// tidwall/wal has no option to size them, so tailBuf does it from outside: before a batch, it
+// gives the tail segment room for the batch, doubling the buffer up to a whole segment, and
+// reuses that buffer from segment to segment (tidwall/wal lets go of the old tail's buffer when
+// it rolls: its cache is cleared, and nothing here reads through it). A busy log then allocates
+// nothing for its tail; a quiet one keeps a small buffer. Measured at 100 publishers × 32 in
+// flight, it took the CPU per bridged 256-byte message from 9.5–10.4 µs to 7.9–8.7 (the whole
+// process, broker and load generator).
 //
 // It reaches into two unexported fields of tidwall/wal v1.2.1 (Log.segments, and a segment's
 // ebuf and epos). If a tidwall/wal version lays them out otherwise, newTailBuf finds out
