@@ -205,12 +205,11 @@ func checkSegs(t *testing.T, l *Log, dir string) {
 		}
 	}
 	// ops run on the writer: read its state there
-	done := make(chan struct{})
 	var segs []uint64
 	var ends [][]uint32
 	var tail string
 	var tailSize int
-	l.ops <- func() {
+	onWriter(l, func() {
 		l.segMu.RLock()
 		segs = slices.Clone(l.segs)
 		for _, e := range l.ends {
@@ -218,9 +217,7 @@ func checkSegs(t *testing.T, l *Log, dir string) {
 		}
 		l.segMu.RUnlock()
 		tail, tailSize = l.w.tailPath, l.w.tailSize
-		close(done)
-	}
-	<-done
+	})
 	if !slices.Equal(segs, onDisk) {
 		t.Fatalf("writer knows segments %v, directory has %v", segs, onDisk)
 	}
@@ -468,13 +465,15 @@ func FuzzOpen(f *testing.F) {
 	})
 }
 
+// onWriter runs fn on l's writer goroutine, between batches, and waits for it.
+func onWriter(l *Log, fn func()) {
+	done := make(chan struct{})
+	l.ops <- func() { fn(); close(done) }
+	<-done
+}
+
 // tidwallFirst asks tidwall/wal for its first index, on the writer.
 func tidwallFirst(l *Log) (first uint64, err error) {
-	done := make(chan struct{})
-	l.ops <- func() {
-		first, err = l.tw.FirstIndex()
-		close(done)
-	}
-	<-done
+	onWriter(l, func() { first, err = l.tw.FirstIndex() })
 	return first, err
 }
