@@ -419,55 +419,93 @@ func (l *Log) recycle(req *appendReq) {
 // concurrently: each is one pread of the record's entry, located by an
 // in-memory table of entry offsets (4 bytes a record).
 func (l *Log) Read(index uint64) ([]byte, error) {
-	if l.isClosed.Load() {
-		return nil, ErrClosed
-	}
-	if index == 0 || index < l.first.Load() || index > l.durable.Load() {
-		return nil, ErrNotFound
-	}
-	l.segMu.RLock()
-	k := sort.Search(len(l.segs), func(i int) bool { return l.segs[i] > index }) - 1
-	if k < 0 || index-l.segs[k] >= uint64(len(l.ends[k])) {
-		l.segMu.RUnlock()
-		return nil, ErrNotFound // truncated meanwhile
-	}
-	start, i := l.segs[k], index-l.segs[k]
-	var off uint32
-	if i > 0 {
-		off = l.ends[k][i-1]
-	}
-	end := l.ends[k][i]
-	l.segMu.RUnlock()
+	var rec []byte
+	err := l.readRun(index, 1, func(_ uint64, r []byte) { rec = r })
+	return rec, err
+}
 
-	corrupt := func(reason string) error {
-		return &CorruptionError{Segment: segmentName(start), Index: index, Offset: int64(off), Reason: reason}
+// ReadRun returns copies of the n records from first on (first, first+1, …),
+// reading the part of each segment they lie in with one pread: what n calls of
+// Read would return, for fewer system calls. It returns ErrNotFound if any of
+// them lies outside [FirstIndex, LastIndex] (none is returned then), and
+// otherwise the errors of Read. The records share one buffer per segment.
+func (l *Log) ReadRun(first uint64, n int) ([][]byte, error) {
+	if n <= 0 {
+		return nil, nil
 	}
-	r, err := l.acquire(start)
+	recs := make([][]byte, 0, n)
+	err := l.readRun(first, n, func(_ uint64, r []byte) { recs = append(recs, r) })
 	if err != nil {
 		return nil, err
 	}
-	buf := make([]byte, end-off)
-	n, err := r.f.ReadAt(buf, int64(off))
-	l.release(r)
-	if n < len(buf) {
-		if err == nil || errors.Is(err, io.EOF) {
-			return nil, corrupt("segment ends before the record")
-		}
-		if l.isClosed.Load() {
-			return nil, ErrClosed
-		}
-		return nil, fmt.Errorf("wal: read %d from segment %s: %w", index, segmentName(start), err)
+	return recs, nil
+}
+
+// readRun reads the records [first, first+n) and calls fn with each, in order.
+func (l *Log) readRun(first uint64, n int, fn func(index uint64, rec []byte)) error {
+	if l.isClosed.Load() {
+		return ErrClosed
 	}
-	idx, payload, size, err := nextEntry(buf)
-	switch {
-	case err != nil:
-		return nil, corrupt(err.Error())
-	case size != len(buf):
-		return nil, corrupt("entry length changed since it was written")
-	case idx != index:
-		return nil, corrupt(errWrongIndex.Error())
+	last := first + uint64(n) - 1
+	if first == 0 || last < first || first < l.first.Load() || last > l.durable.Load() {
+		return ErrNotFound
 	}
-	return payload, nil // buf is ours to give away
+	var scratch [8]uint32 // entry ends of a short run, without allocating
+	for index := first; index <= last; {
+		// The part of the run in the segment holding index: its entries' offsets.
+		l.segMu.RLock()
+		k := sort.Search(len(l.segs), func(i int) bool { return l.segs[i] > index }) - 1
+		if k < 0 || index-l.segs[k] >= uint64(len(l.ends[k])) {
+			l.segMu.RUnlock()
+			return ErrNotFound // truncated meanwhile
+		}
+		start, i := l.segs[k], index-l.segs[k]
+		j := min(uint64(len(l.ends[k])), i+(last-index+1)) // one past the last entry read here
+		var off uint32
+		if i > 0 {
+			off = l.ends[k][i-1]
+		}
+		ends := append(scratch[:0], l.ends[k][i:j]...)
+		l.segMu.RUnlock()
+
+		r, err := l.acquire(start)
+		if err != nil {
+			return err
+		}
+		buf := make([]byte, ends[len(ends)-1]-off)
+		got, err := r.f.ReadAt(buf, int64(off))
+		l.release(r)
+		if got < len(buf) {
+			if err == nil || errors.Is(err, io.EOF) {
+				return &CorruptionError{Segment: segmentName(start), Index: index, Offset: int64(off), Reason: "segment ends before the record"}
+			}
+			if l.isClosed.Load() {
+				return ErrClosed
+			}
+			return fmt.Errorf("wal: read %d from segment %s: %w", index, segmentName(start), err)
+		}
+		pos := off
+		for _, end := range ends {
+			entry := buf[pos-off : end-off : end-off]
+			idx, payload, size, err := nextEntry(entry)
+			reason := ""
+			switch {
+			case err != nil:
+				reason = err.Error()
+			case size != len(entry):
+				reason = "entry length changed since it was written"
+			case idx != index:
+				reason = errWrongIndex.Error()
+			}
+			if reason != "" {
+				return &CorruptionError{Segment: segmentName(start), Index: index, Offset: int64(pos), Reason: reason}
+			}
+			fn(index, payload) // buf is ours to give away
+			index++
+			pos = end
+		}
+	}
+	return nil
 }
 
 // Scan calls fn for every record in [from, LastIndex] in order (from below

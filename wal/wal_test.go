@@ -892,8 +892,44 @@ func TestReadDamagedAfterOpen(t *testing.T) {
 			if !sawCorrupt {
 				t.Fatal("no read reported the damage")
 			}
+			var cerr *wal.CorruptionError
+			if recs, err := l.ReadRun(1, 12); !errors.As(err, &cerr) || cerr.Segment != "00000000000000000001" || recs != nil {
+				t.Fatalf("ReadRun over the damage: %d records, %v; want a *CorruptionError in segment 1", len(recs), err)
+			}
 			checkRecords(t, l, 11, 35, "a") // other segments unaffected
 		})
+	}
+}
+
+// TestReadRun reads runs that start and end anywhere, within a segment and across several, and
+// checks them against Read; a run reaching outside the log returns ErrNotFound and nothing.
+func TestReadRun(t *testing.T) {
+	dir := t.TempDir()
+	l := openLog(t, dir, wal.Options{SegmentSize: 2048}) // 10 records per segment
+	defer closeLog(t, l)
+	appendN(t, l, 1, 45, "a")
+	for _, r := range []struct{ first, n uint64 }{{1, 1}, {1, 10}, {3, 5}, {9, 3}, {10, 1}, {1, 45}, {7, 30}, {45, 1}, {20, 26}} {
+		recs, err := l.ReadRun(r.first, int(r.n))
+		if err != nil || uint64(len(recs)) != r.n {
+			t.Fatalf("ReadRun(%d, %d): %d records, %v", r.first, r.n, len(recs), err)
+		}
+		for k, rec := range recs {
+			i := r.first + uint64(k)
+			if !bytes.Equal(rec, payload(i, "a")) {
+				t.Fatalf("ReadRun(%d, %d): record %d is %q", r.first, r.n, i, rec)
+			}
+		}
+	}
+	if err := l.TruncateFront(21); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []struct{ first, n uint64 }{{0, 3}, {44, 3}, {46, 1}, {15, 10}} {
+		if recs, err := l.ReadRun(r.first, int(r.n)); !errors.Is(err, wal.ErrNotFound) || recs != nil {
+			t.Fatalf("ReadRun(%d, %d) outside the log: %d records, %v; want ErrNotFound", r.first, r.n, len(recs), err)
+		}
+	}
+	if recs, err := l.ReadRun(21, 25); err != nil || len(recs) != 25 || !bytes.Equal(recs[24], payload(45, "a")) {
+		t.Fatalf("ReadRun(21, 25) after truncation: %d records, %v", len(recs), err)
 	}
 }
 
