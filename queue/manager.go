@@ -530,25 +530,44 @@ func (m *Manager) receive(ctx context.Context, q string, maxMsgs int, lease time
 		}
 	}
 	out := make([]Delivery, 0, len(got))
-	for _, g := range got {
-		b, err := qu.src.log.Read(g.index)
-		if errors.Is(err, wal.ErrNotFound) {
-			continue // purged and reclaimed meanwhile: its lease does not matter any more
+	for k := 0; k < len(got); {
+		// got[k:k+n] have consecutive indexes: one read for all of them, or, if any of them is
+		// missing or damaged, one read each, so that each gets what Read says of it.
+		n := 1
+		for k+n < len(got) && got[k+n].index == got[k].index+uint64(n) {
+			n++
 		}
-		if err != nil {
-			return nil, qu.walErr(fmt.Sprintf("read message %d", g.index), err)
+		var run [][]byte
+		if n > 1 {
+			run, _ = qu.src.log.ReadRun(got[k].index, n)
 		}
-		r, err := decodeRecordAlias(b, true) // b is our own copy
-		if err != nil {
-			return nil, &CorruptError{Path: filepath.Join(qu.src.dir, logDir), Index: g.index, Reason: "message record: " + err.Error()}
+		for j, g := range got[k : k+n] {
+			var b []byte
+			var err error
+			if run != nil {
+				b = run[j]
+			} else {
+				b, err = qu.src.log.Read(g.index)
+			}
+			if errors.Is(err, wal.ErrNotFound) {
+				continue // purged and reclaimed meanwhile: its lease does not matter any more
+			}
+			if err != nil {
+				return nil, qu.walErr(fmt.Sprintf("read message %d", g.index), err)
+			}
+			r, err := decodeRecordAlias(b, true) // b is our own copy
+			if err != nil {
+				return nil, &CorruptError{Path: filepath.Join(qu.src.dir, logDir), Index: g.index, Reason: "message record: " + err.Error()}
+			}
+			out = append(out, Delivery{
+				ID:         idString(r.id),
+				Receipt:    encodeReceipt(receipt{epoch: qu.epoch, queue: qu.hash, index: g.index, attempt: g.attempt}),
+				Attempt:    int(g.attempt),
+				EnqueuedAt: time.Unix(0, r.enqueued),
+				Message:    r.msg,
+			})
 		}
-		out = append(out, Delivery{
-			ID:         idString(r.id),
-			Receipt:    encodeReceipt(receipt{epoch: qu.epoch, queue: qu.hash, index: g.index, attempt: g.attempt}),
-			Attempt:    int(g.attempt),
-			EnqueuedAt: time.Unix(0, r.enqueued),
-			Message:    r.msg,
-		})
+		k += n
 	}
 	return out, nil
 }
