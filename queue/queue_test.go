@@ -19,6 +19,7 @@ import (
 
 	"github.com/sluicemq/sluice/queue"
 	"github.com/sluicemq/sluice/queue/queuetest"
+	"github.com/sluicemq/sluice/wal"
 )
 
 func TestMain(m *testing.M) {
@@ -1102,5 +1103,40 @@ func TestStatsRates(t *testing.T) {
 	}
 	if st.EnqueueRate != 0 {
 		t.Fatalf("10s without enqueues: enqueue rate %v, want 0", st.EnqueueRate)
+	}
+}
+
+// TestReceiveDamagedRecord: a message record damaged on disk after Open fails the receive that
+// reaches it with the log's corruption error naming its index, also when it is read in a run of
+// consecutive records; a receive that does not reach it returns its records intact.
+func TestReceiveDamagedRecord(t *testing.T) {
+	e := newEnv(t, queue.Config{})
+	e.enqueue("m-one", "m-two", "m-three", "m-four")
+	seg := filepath.Join(e.dir, qn, "log", "00000000000000000001")
+	data, err := os.ReadFile(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := bytes.Index(data, []byte("m-three"))
+	if at < 0 {
+		t.Fatal("record m-three not found in the segment")
+	}
+	f, err := os.OpenFile(seg, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("X"), int64(at)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := payloads(e.receive(2, time.Minute)); got != "m-one,m-two" {
+		t.Fatalf("receive before the damage: %q", got)
+	}
+	ds, err := e.m.Receive(context.Background(), qn, 10, time.Minute)
+	var cerr *wal.CorruptionError
+	if !errors.As(err, &cerr) || cerr.Index != 3 || ds != nil {
+		t.Fatalf("receive over the damaged record: %d deliveries, %v; want a corruption error at index 3", len(ds), err)
 	}
 }
