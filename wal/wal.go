@@ -420,7 +420,7 @@ func (l *Log) recycle(req *appendReq) {
 // in-memory table of entry offsets (4 bytes a record).
 func (l *Log) Read(index uint64) ([]byte, error) {
 	var rec []byte
-	err := l.readRun(index, 1, func(_ uint64, r []byte) { rec = r })
+	err := l.readRun(index, 1, func(r []byte) { rec = r })
 	return rec, err
 }
 
@@ -434,7 +434,7 @@ func (l *Log) ReadRun(first uint64, n int) ([][]byte, error) {
 		return nil, nil
 	}
 	recs := make([][]byte, 0, n)
-	err := l.readRun(first, n, func(_ uint64, r []byte) { recs = append(recs, r) })
+	err := l.readRun(first, n, func(r []byte) { recs = append(recs, r) })
 	if err != nil {
 		return nil, err
 	}
@@ -442,7 +442,7 @@ func (l *Log) ReadRun(first uint64, n int) ([][]byte, error) {
 }
 
 // readRun reads the records [first, first+n) and calls fn with each, in order.
-func (l *Log) readRun(first uint64, n int, fn func(index uint64, rec []byte)) error {
+func (l *Log) readRun(first uint64, n int, fn func(rec []byte)) error {
 	if l.isClosed.Load() {
 		return ErrClosed
 	}
@@ -500,7 +500,7 @@ func (l *Log) readRun(first uint64, n int, fn func(index uint64, rec []byte)) er
 			if reason != "" {
 				return &CorruptionError{Segment: segmentName(start), Index: index, Offset: int64(pos), Reason: reason}
 			}
-			fn(index, payload) // buf is ours to give away
+			fn(payload) // buf is ours to give away
 			index++
 			pos = end
 		}
