@@ -164,6 +164,9 @@ func ulFreePort(t testing.TB) string {
 	return ln.Addr().String()
 }
 
+// mosquittoInflight is the QoS 1 window ulMosquitto's broker keeps towards each of its clients.
+const mosquittoInflight = 100
+
 // ulMosquitto runs Debian's mosquitto on addr as a child process (persistence in dir); stop ends it.
 func ulMosquitto(t testing.TB, dir, addr string) (stop func()) {
 	t.Helper()
@@ -179,7 +182,7 @@ func ulMosquitto(t testing.TB, dir, addr string) (stop func()) {
 	}
 	// user: mosquitto started as root switches to user mosquitto, which could not write into dir.
 	text := fmt.Sprintf("user %s\nlistener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\n"+
-		"autosave_interval 0\nmax_queued_messages 0\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n", me.Username, port, dir)
+		"autosave_interval 0\nmax_queued_messages 0\nmax_inflight_messages %d\nlog_dest stderr\nlog_type error\n", me.Username, port, dir, mosquittoInflight)
 	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -251,8 +254,13 @@ func TestUplinkMosquitto(t *testing.T) {
 				time.Sleep(10 * time.Millisecond)
 			}
 			dups := ulCheck(t, sub.payloads(), map[string]int{"d/0": perTopic, "d/1": perTopic})
-			if dups > o.MaxInFlight {
-				t.Errorf("%d duplicates, more than the in-flight window", dups)
+			// At-least-once on two hops: after the restart the uplink resends what Mosquitto had
+			// not acknowledged to it (at most its window), and Mosquitto redelivers from the
+			// subscriber's session what the subscriber had not acknowledged when it stopped (at
+			// most Mosquitto's window). Both are duplicates at the subscriber.
+			t.Logf("%d duplicates", dups)
+			if limit := o.MaxInFlight + mosquittoInflight; dups > limit {
+				t.Errorf("%d duplicates, more than the two hops' in-flight windows (%d)", dups, limit)
 			}
 			sub.mu.Lock()
 			for _, tp := range sub.topics {
