@@ -101,14 +101,7 @@ func (t *tailBuf) reserve(tw *tidwall.Log, n, entries int) error {
 		nb := t.buf
 		if cap(nb) < need || cap(nb) > 0 && cap(*ebuf) > 0 && &nb[:1][0] == &(*ebuf)[:1][0] {
 			// Doubling, up to a segment: a log that sees little traffic keeps a small buffer.
-			// Past half a segment it goes straight to a whole one: the last doubling would
-			// copy megabytes into fresh memory, which a VM may fault in slowly (measured here:
-			// 11–15 ms to first touch 4 MB, a stall for every publish waiting on the log).
-			c := max(2*cap(*ebuf), minTailBuf)
-			if c > t.keep/2 {
-				c = t.keep
-			}
-			nb = make([]byte, 0, max(need, c))
+			nb = make([]byte, 0, max(need, min(t.keep, max(2*cap(*ebuf), minTailBuf))))
 		}
 		*ebuf = append(nb[:0], *ebuf...)
 		t.buf = nil
