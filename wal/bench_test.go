@@ -171,17 +171,17 @@ func BenchmarkRead(b *testing.B) {
 
 // BenchmarkAppendLatency is the floor under the bridge's latency figure
 // (bridge.BenchmarkPublishLatency): the same steady open-loop rate, spread evenly over 50
-// producers, of records about the size of a bridged 256-byte message, appended with AppendAsync
-// as the bridge does and timed from the call to the durable callback, with no MQTT, no network
-// and no other load. One iteration is 100 ms of load; run 30 or more for a stable p99. A second of
-// load runs before the timing: a new log's first segment grows its in-memory tail (see
-// tailBuf), and on a VM where first touching memory is slow that one-off cost would otherwise
-// be counted as a steady-state stall. over-2ms-% is the share of appends slower than 2 ms: a
-// disk that stalls for 20 ms once in a 3-second run puts more than 0.5 % of them there, however
-// rarely it stalls. sync=none shows the log's own share: 3 µs at p50; its tail is the fsync
+// producers, of records about the size of a bridged 256-byte message, appended with AppendAsync as
+// the bridge does and timed from the call to the durable callback, with no MQTT, no network and no
+// other load. One iteration is 100 ms of load; run 30 or more for a stable p99. Two seconds of load
+// run before the timing: a new log's first segment (about 1.1 s at this rate) grows its in-memory
+// tail (see tailBuf), and on a VM where first touching memory is slow that one-off cost would
+// otherwise be counted as a steady-state stall. over-2ms-% is the share of appends slower than
+// 2 ms: a disk that stalls for 20 ms once in a 3-second run puts more than 0.5 % of them there,
+// however rarely it stalls. sync=none shows the log's own share: 3 µs at p50; its tail is the fsync
 // of a whole segment when it rolls (about once a second here), which that policy defers to then.
 func BenchmarkAppendLatency(b *testing.B) {
-	const rate, producers, size, warmup = 10000, 50, 350, 10
+	const rate, producers, size, warmup = 10000, 50, 350, 20
 	for _, policy := range []wal.SyncPolicy{wal.SyncAlways, wal.SyncNone} {
 		b.Run(fmt.Sprintf("rate=%d/producers=%d/size=%d/sync=%s", rate, producers, size, policy), func(b *testing.B) {
 			l, err := wal.Open(b.TempDir(), wal.Options{Sync: policy})
